@@ -1,0 +1,52 @@
+# The README's commands: `make bench` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= mlx,server,bench,dev
+STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
+
+.PHONY: setup system-deps model test test-fast lint bench bench-quick clean
+
+setup: system-deps $(STAMP) model
+
+# On Linux, MLX's CPU backend ships a reference BLAS; OpenBLAS makes float32 matmuls ~30x
+# faster (design.md section 6). Installed only when we are root on a Debian-like system.
+system-deps:
+	@if [ "$$(uname -s)" = "Linux" ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas.*\.so\.0'; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing libopenblas0-pthread"; \
+	    (apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q libopenblas0-pthread >/dev/null)); \
+	  else \
+	    echo "warning: OpenBLAS not found; install libopenblas0-pthread for ~30x faster MLX on CPU"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+# Fetch and convert the embedded model once (cached under the user cache dir).
+model: $(STAMP)
+	$(PY) -m abstractcore models pull smollm2-135m
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not mlx and not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check abstractcore tests examples
+	$(VENV)/bin/mypy abstractcore
+
+bench: setup
+	$(PY) examples/mlx_concurrency_benchmark.py
+
+bench-quick: setup
+	$(PY) examples/mlx_concurrency_benchmark.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

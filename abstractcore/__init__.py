@@ -1,0 +1,46 @@
+"""abstractcore: one Python API for every LLM backend.
+
+>>> from abstractcore import create_llm
+>>> llm = create_llm("mlx", model="smollm2-135m")
+>>> llm.generate("What is the capital of France?").content
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import errors
+from .errors import (
+    AbstractCoreError,
+    ConfigurationError,
+    GenerationCancelledError,
+    OverloadedError,
+    ProviderError,
+)
+from .factory import available_providers, create_llm
+from .providers.base import BaseProvider
+from .types import GenerateResponse, Message, StreamChunk, Timing, ToolCall, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "create_llm",
+    "available_providers",
+    "BaseProvider",
+    "GenerateResponse",
+    "StreamChunk",
+    "Message",
+    "Usage",
+    "Timing",
+    "ToolCall",
+    "errors",
+    "AbstractCoreError",
+    "ConfigurationError",
+    "ProviderError",
+    "OverloadedError",
+    "GenerationCancelledError",
+]
+
+# A library never configures logging; NullHandler only silences "no handler" warnings.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
