@@ -24,22 +24,22 @@ from .types import GenerateResponse, Message, StreamChunk, Timing, ToolCall, Usa
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
-    "create_llm",
-    "available_providers",
+    "AbstractCoreError",
     "BaseProvider",
+    "ConfigurationError",
     "GenerateResponse",
-    "StreamChunk",
+    "GenerationCancelledError",
     "Message",
-    "Usage",
+    "OverloadedError",
+    "ProviderError",
+    "StreamChunk",
     "Timing",
     "ToolCall",
+    "Usage",
+    "__version__",
+    "available_providers",
+    "create_llm",
     "errors",
-    "AbstractCoreError",
-    "ConfigurationError",
-    "ProviderError",
-    "OverloadedError",
-    "GenerationCancelledError",
 ]
 
 # A library never configures logging; NullHandler only silences "no handler" warnings.

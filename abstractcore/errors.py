@@ -11,18 +11,18 @@ from typing import Any
 
 __all__ = [
     "AbstractCoreError",
-    "ConfigurationError",
-    "ProviderError",
     "AuthenticationError",
-    "RateLimitError",
+    "ConfigurationError",
+    "ContextLengthError",
+    "GenerationCancelledError",
     "InvalidRequestError",
     "ModelNotFoundError",
-    "ContextLengthError",
-    "ProviderUnavailableError",
-    "ProviderAPIError",
-    "RequestTimeoutError",
     "OverloadedError",
-    "GenerationCancelledError",
+    "ProviderAPIError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "RequestTimeoutError",
 ]
 
 

@@ -7,15 +7,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "Role",
     "FinishReason",
+    "GenerateResponse",
+    "GenerationRequest",
     "Message",
+    "Role",
+    "StreamChunk",
+    "Timing",
     "ToolCall",
     "Usage",
-    "Timing",
-    "GenerateResponse",
-    "StreamChunk",
-    "GenerationRequest",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]

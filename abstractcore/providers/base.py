@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
+from typing_extensions import Self
 
 from ..errors import InvalidRequestError, ProviderAPIError
 from ..types import (
@@ -30,7 +31,7 @@ from ..types import (
     Usage,
 )
 
-__all__ = ["BaseProvider", "StreamCollector", "MessageInput"]
+__all__ = ["BaseProvider", "MessageInput", "StreamCollector"]
 
 MessageInput = Message | Mapping[str, Any]
 
@@ -51,6 +52,12 @@ class BaseProvider(ABC):
     """One model on one backend, with the same four verbs for every backend."""
 
     provider_name: ClassVar[str] = "base"
+    # Extra keyword arguments a provider accepts beyond the common ones (e.g. "min_p" for MLX,
+    # "extra_body" for HTTP providers). Anything else is rejected, so a typo such as
+    # ``temprature=0.3`` fails loudly instead of being silently ignored or sent on the wire.
+    extra_options: ClassVar[frozenset[str]] = frozenset()
+    # Model used when create_llm() is given none (e.g. the embedded MLX model); None = required.
+    default_model: ClassVar[str | None] = None
 
     def __init__(self, model: str, **defaults: Any) -> None:
         if not isinstance(model, str) or not model.strip():
@@ -98,6 +105,14 @@ class BaseProvider(ABC):
             "timeout": timeout,
         }
         p = {k: (v if v is not None else self.defaults.get(k)) for k, v in given.items()}
+        unknown = sorted(set(extra) - self.extra_options)
+        if unknown:
+            accepted = ", ".join(sorted(self.extra_options)) or "none"
+            raise InvalidRequestError(
+                f"unexpected argument(s) for provider {self.provider_name!r}: "
+                f"{', '.join(unknown)} (provider-specific arguments accepted: {accepted})",
+                field=unknown[0],
+            )
         return GenerationRequest(
             messages=_build_messages(prompt, messages, system_prompt),
             max_output_tokens=_check_int(p["max_output_tokens"], "max_output_tokens", minimum=1),
@@ -108,7 +123,7 @@ class BaseProvider(ABC):
             stop=_check_stop(p["stop"]),
             prompt_cache_key=_check_key(p["prompt_cache_key"]),
             timeout=_check_float(p["timeout"], "timeout", minimum=0.0, exclusive=True),
-            tools=[dict(t) for t in tools] if tools else None,
+            tools=_check_tools(tools),
             response_model=response_model,
             extra=extra,
         )
@@ -159,7 +174,7 @@ class BaseProvider(ABC):
         """Async twin of :meth:`close`."""
         self.close()
 
-    def __enter__(self) -> BaseProvider:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -170,7 +185,7 @@ class BaseProvider(ABC):
     ) -> None:
         self.close()
 
-    async def __aenter__(self) -> BaseProvider:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -332,6 +347,19 @@ def _check_stop(value: Any) -> list[str]:
             raise InvalidRequestError("stop entries must be non-empty strings", field="stop")
         out.append(s)
     return out
+
+
+def _check_tools(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise InvalidRequestError("tools must be a list of tool definitions", field="tools")
+    for i, tool in enumerate(value):
+        if not isinstance(tool, Mapping):
+            raise InvalidRequestError(
+                f"tools[{i}] must be a mapping, got {type(tool).__name__}", field=f"tools[{i}]"
+            )
+    return [dict(t) for t in value] or None
 
 
 def _check_key(value: Any) -> str | None:
