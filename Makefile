@@ -12,11 +12,13 @@ setup: system-deps $(STAMP) model
 # On Linux, MLX's CPU backend ships a reference BLAS; OpenBLAS makes float32 matmuls ~30x
 # faster (design.md section 6). Installed only when we are root on a Debian-like system.
 system-deps:
-	@if [ "$$(uname -s)" = "Linux" ] && ! ldconfig -p 2>/dev/null | grep -q 'libopenblas.*\.so\.0'; then \
+	@if [ "$$(uname -s)" = "Linux" ] && ! { ls /usr/lib/*-linux-gnu/openblas*/libopenblas.so.0 2>/dev/null; \
+	    PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null; } | grep -q 'libopenblas.*\.so\.0'; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    echo "installing libopenblas0-pthread"; \
 	    (apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && apt-get install -y -q libopenblas0-pthread >/dev/null)); \
+	     (apt-get update -q >/dev/null && apt-get install -y -q libopenblas0-pthread >/dev/null) || \
+	     echo "warning: could not install libopenblas0-pthread; MLX on CPU will be ~30x slower"); \
 	  else \
 	    echo "warning: OpenBLAS not found; install libopenblas0-pthread for ~30x faster MLX on CPU"; \
 	  fi; \

@@ -6,6 +6,7 @@ import ipaddress
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,3 +75,31 @@ def no_thread_leak() -> Iterator[None]:
         t.join(timeout=5)
     leftover = [t for t in leftover if t.is_alive()]
     assert not leftover, f"threads outlived their owner: {[t.name for t in leftover]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # MLX binds its BLAS at its first import: load OpenBLAS before any test module imports mlx.
+    # Without one, say so once and run slowly rather than fail every test (warnings are errors).
+    import warnings
+
+    from abstractcore.providers.mlx.blas import preload_blas
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        preload_blas()
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The converted embedded model (smollm2-135m) directory; converted once per machine, then cached."""
+    from abstractcore.providers.mlx.loading import resolve_model_path
+
+    return resolve_model_path("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def embedded_gguf() -> Path:
+    """The embedded model's original Q4_1 GGUF file (kept in the cache after the first pull)."""
+    from abstractcore.providers.mlx.loading import fetch_alias_gguf
+
+    return fetch_alias_gguf("smollm2-135m")

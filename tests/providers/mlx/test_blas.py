@@ -1,0 +1,128 @@
+"""The Linux BLAS preload. It is process-wide and one-shot, so every case runs in a subprocess."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from abstractcore.providers.mlx.blas import BLAS_ENV
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the preload is Linux-only"
+)
+
+OPENBLAS = sorted(glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"))
+
+# Preloads (or not), then reports what it loaded, whether OpenBLAS is mapped, a 256x256 matmul,
+# a 512^3 matmul's speed and, given a model directory, 10 greedy tokens.
+_PROBE = r"""
+import json, sys, time, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from abstractcore.providers.mlx.blas import preload_blas
+    first, second = preload_blas(), preload_blas()
+import mlx.core as mx
+a = mx.random.normal((256, 256), key=mx.random.key(0))
+b = mx.random.normal((256, 256), key=mx.random.key(1))
+small = (a @ b).tolist()
+x, y = mx.random.normal((512, 512)), mx.random.normal((512, 512))
+mx.eval(x @ y)
+start = time.perf_counter()
+for _ in range(3):
+    mx.eval(x @ y)
+gflops = 3 * 2 * 512**3 / (time.perf_counter() - start) / 1e9
+tokens = []
+if len(sys.argv) > 1:
+    from mlx_lm import stream_generate, load
+    from mlx_lm.sample_utils import make_sampler
+    model, tok = load(sys.argv[1])
+    prompt = tok.encode("The three primary colours are")
+    tokens = [r.token for r in stream_generate(model, tok, prompt, max_tokens=10, sampler=make_sampler(0.0))]
+print(json.dumps({
+    "first": first, "second": second, "warnings": [str(w.message) for w in caught],
+    "mapped": "libopenblas" in open("/proc/self/maps").read(),
+    "small": small, "gflops": gflops, "tokens": tokens,
+}))
+"""
+
+
+def _probe(env: dict[str, str], *args: str, code: str = _PROBE) -> dict[str, Any]:
+    full = {k: v for k, v in os.environ.items() if k != BLAS_ENV} | env
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(not OPENBLAS, reason="needs libopenblas0-pthread (make system-deps)")
+def test_same_results_with_and_without_openblas(embedded_model_dir: Path) -> None:
+    fast = _probe({}, str(embedded_model_dir))
+    slow = _probe({BLAS_ENV: "none"}, str(embedded_model_dir))
+    assert fast["first"] == fast["second"] == OPENBLAS[0]  # idempotent
+    assert fast["mapped"] and fast["warnings"] == []
+    assert slow["first"] is None and not slow["mapped"] and slow["warnings"] == []
+    # Same maths, different summation order: equal to float32 rounding, not bit for bit.
+    for row_fast, row_slow in zip(fast["small"], slow["small"]):
+        assert row_fast == pytest.approx(row_slow, rel=1e-5, abs=1e-4)
+    assert fast["tokens"] == slow["tokens"] and len(fast["tokens"]) > 4
+    print(
+        f"\n512^3 float32 matmul: {slow['gflops']:.1f} GFLOP/s reference BLAS, "
+        f"{fast['gflops']:.1f} GFLOP/s OpenBLAS ({fast['gflops'] / slow['gflops']:.0f}x)"
+    )
+
+
+def test_named_library_is_loaded(tmp_path: Path) -> None:
+    if not OPENBLAS:
+        pytest.skip("needs libopenblas0-pthread")
+    code = "import json; from abstractcore.providers.mlx.blas import preload_blas; print(json.dumps(preload_blas()))"
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=os.environ | {BLAS_ENV: OPENBLAS[0]},
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == OPENBLAS[0]
+
+
+_WARN_ONCE = r"""
+import json, warnings
+from abstractcore.providers.mlx import blas
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    results = [blas.preload_blas(), blas.preload_blas()]
+print(json.dumps({"results": results, "warnings": [(w.category.__name__, str(w.message)) for w in caught]}))
+"""
+
+
+def test_missing_library_warns_once_with_the_fix() -> None:
+    got = _probe({BLAS_ENV: "/nonexistent/libopenblas.so.0"}, code=_WARN_ONCE)
+    assert got["results"] == [None, None]
+    [(category, message)] = got["warnings"]
+    assert category == "BlasWarning"
+    assert "apt-get install libopenblas0-pthread" in message and BLAS_ENV in message
+
+
+def test_too_late_after_mlx_import_warns() -> None:
+    code = "import mlx.core\n" + _WARN_ONCE
+    got = _probe({}, code=code)
+    assert got["results"] == [None, None]
+    [(category, message)] = got["warnings"]
+    assert category == "BlasWarning" and "before importing mlx" in message
+
+
+def test_package_import_does_not_import_mlx() -> None:
+    code = "import sys, abstractcore.providers.mlx, abstractcore.providers.mlx.loading; print(sys.modules.get('mlx') is None)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "True", done.stderr
