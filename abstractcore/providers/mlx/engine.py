@@ -1,0 +1,590 @@
+"""The MLX engine: one thread that owns the model and steps mlx-lm's BatchGenerator.
+
+MLX streams are thread-bound, so this thread loads the model, evaluates its weights, builds
+the BatchGenerator and makes every MLX call; callers only exchange Python ints and strings
+with it through an inbox (``submit``/``cancel``) and per-request sinks. Each loop turn
+drains the inbox, drops cancelled and expired requests, admits waiting ones up to
+``max_batch_size``, calls ``BatchGenerator.next()`` once and routes every token to its
+request (streaming detokenizer, stop strings, EOS, max tokens). Idle, it blocks on the inbox.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import gc
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...errors import (
+    AbstractCoreError,
+    GenerationCancelledError,
+    OverloadedError,
+    ProviderAPIError,
+    ProviderUnavailableError,
+)
+from .requests import (
+    EngineCounters,
+    Job,
+    Outbox,
+    PromptCacheHook,
+    RequestState,
+    Sink,
+    StopMatcher,
+    put_threadsafe,
+)
+
+__all__ = ["EngineClosedError", "MLXEngine"]
+
+log = logging.getLogger(__name__)
+
+_PROVIDER = "mlx"
+
+
+class EngineClosedError(ProviderUnavailableError):
+    """The engine was closed (or died) and takes no more requests."""
+
+
+class MLXEngine:
+    """Owns the engine thread; ``submit`` from any thread, results arrive on the request's sink."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        max_batch_size: int = 32,
+        prefill_batch_size: int = 8,
+        prefill_step_size: int = 512,
+        max_queue: int = 1024,
+        queue_timeout_s: float | None = None,
+        name: str = "abstractcore-mlx-engine",
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.max_batch_size = max_batch_size
+        self.prefill_batch_size = min(prefill_batch_size, max_batch_size)
+        self.prefill_step_size = prefill_step_size
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.tokenizer: Any = None
+        self.context_length: int | None = None
+        self.vocab_size: int = 0
+
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._closed = False  # set by callers: no new submissions
+        self._dead: BaseException | None = None  # set by the engine thread when it stops
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._started_at = time.perf_counter()
+        self.counters = EngineCounters()
+        #: Where prompt caching plugs in (issue 5); used only on the engine thread.
+        self.prompt_cache: PromptCacheHook | None = None
+
+        # Engine-thread state.
+        self._model: Any = None
+        self._stream: Any = None
+        self._gen: Any = None
+        self._samplers: Any = None
+        self._waiting: collections.deque[RequestState] = collections.deque()
+        self._active: dict[int, RequestState] = {}
+        self._to_remove: dict[int, RequestState] = {}
+        self._calls: list[tuple[Callable[[MLXEngine], Any], concurrent.futures.Future[Any]]] = []
+        self._outbox = Outbox()
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ caller side
+    def start(self) -> None:
+        """Start the thread and wait until the model is loaded; re-raise a loading error."""
+        self._thread.start()
+        self._ready.wait()
+        if self._load_error is not None:
+            self._join(None)
+            err = self._load_error
+            if isinstance(err, AbstractCoreError):
+                raise err
+            raise ProviderAPIError(
+                f"loading the MLX model from {self.model_path} failed: {err}", provider=_PROVIDER
+            ) from err
+
+    def submit(self, job: Job, sink: Sink) -> RequestState:
+        """Queue a job; its text, Final or error arrive on ``sink``."""
+        self._check_open()
+        state = RequestState(job=job, sink=sink)
+        self._inbox.put(("submit", state))
+        # The engine may have stopped between the check and the put: fail it ourselves
+        # (a second terminal item, if the engine also failed it, is never read).
+        if self._closed or self._dead is not None:
+            put_threadsafe(sink, self._closed_error())
+        return state
+
+    def cancel(self, state: RequestState) -> None:
+        """Drop a request (never blocks); the engine removes it before its next step."""
+        if not state.cancelled:
+            state.cancelled = True
+            self._inbox.put(("cancel", state))
+
+    def call(self, fn: Callable[[MLXEngine], Any], timeout: float | None = None) -> Any:
+        """Run ``fn(engine)`` on the engine thread between two steps and return its result."""
+        self._check_open()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.put(("call", (fn, fut)))
+        return fut.result(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the engine's counters (see MLXProvider.stats)."""
+        return self.counters.as_dict(
+            active=len(self._active),
+            queued=len(self._waiting),
+            wall_s=time.perf_counter() - self._started_at,
+        )
+
+    def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
+        """What the engine thread holds right now, read between two steps (diagnostics)."""
+
+        def probe(engine: MLXEngine) -> dict[str, Any]:
+            gen = engine._gen
+            uids = list(gen._generation_batch.uids) + list(gen._prompt_batch.uids)
+            uids += [seq[0] for seq in gen._unprocessed_sequences]
+            return {
+                "generator_uids": uids,
+                "cache_bytes": int(gen.prompt_cache_nbytes),
+                "active": len(engine._active),
+                "waiting": len(engine._waiting),
+                "steps": engine.counters.steps,
+            }
+
+        result: dict[str, Any] = self.call(probe, timeout)
+        return result
+
+    @property
+    def alive(self) -> bool:
+        """True while the engine thread runs and accepts work."""
+        return self._thread.is_alive() and not self._closed and self._dead is None
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the thread (pending requests get GenerationCancelledError) and join it."""
+        if not self._closed:
+            self._closed = True
+            self._inbox.put(("stop", None))
+        if threading.current_thread() is not self._thread:
+            self._join(timeout)
+
+    def _join(self, timeout: float | None) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive() or self._thread.native_id is None:
+            return
+        # MLX keeps per-thread state (the random key sequence) whose C++ destructor takes the
+        # GIL after Thread.join() has returned; if the interpreter is finalizing by then, the
+        # process aborts ("terminate called without an active exception"). Wait for the OS
+        # thread to be gone (Linux: its /proc entry), so closing right before exit is safe.
+        task = f"/proc/self/task/{self._thread.native_id}"
+        deadline = time.monotonic() + 2.0
+        while os.path.exists(task) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def _check_open(self) -> None:
+        if self._closed or self._dead is not None:
+            raise self._closed_error()
+
+    def _pending_error(self) -> BaseException:
+        if isinstance(self._dead, _Stop):
+            return GenerationCancelledError(
+                "the MLX provider was closed before this request finished"
+            )
+        return self._closed_error()
+
+    def _closed_error(self) -> ProviderAPIError | EngineClosedError:
+        if self._dead is not None and not isinstance(self._dead, _Stop):
+            return ProviderAPIError(
+                f"the MLX engine thread died: {self._dead!r}", provider=_PROVIDER
+            )
+        return EngineClosedError("the MLX provider is closed", provider=_PROVIDER)
+
+    # ------------------------------------------------------------------ engine thread
+    def _main(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            self._load_error = exc
+            self._dead = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        reason: BaseException = _Stop()
+        try:
+            self._loop()
+        except BaseException as exc:
+            log.exception("MLX engine thread died")
+            reason = exc
+        finally:
+            self._shutdown(reason)
+
+    def _load(self) -> None:
+        from .loading import load_model, preload_blas
+
+        preload_blas()
+        import mlx.core as mx
+
+        from .sampling import SamplerCache
+
+        self._stream = mx.new_stream(mx.default_device())
+        with mx.stream(self._stream):
+            model, tokenizer = load_model(self.model_path)
+            mx.eval(model.parameters())
+        self._model = model
+        self.tokenizer = tokenizer
+        args = getattr(model, "args", None)
+        self.context_length = getattr(args, "max_position_embeddings", None)
+        self.vocab_size = int(getattr(args, "vocab_size", 0) or len(tokenizer))
+        self._samplers = SamplerCache(self.vocab_size)
+        self._gen = self._new_generator()
+
+    def _new_generator(self) -> Any:
+        from mlx_lm.generate import BatchGenerator
+
+        eos = [[t] for t in sorted(self.tokenizer.eos_token_ids)]
+        return BatchGenerator(
+            self._model,
+            stop_tokens=eos,
+            completion_batch_size=self.max_batch_size,
+            prefill_batch_size=self.prefill_batch_size,
+            prefill_step_size=self.prefill_step_size,
+            stream=self._stream,
+        )
+
+    def _loop(self) -> None:
+        inbox = self._inbox
+        perf = time.perf_counter
+        while True:
+            if not self._active and not self._waiting:
+                self._handle(*inbox.get())  # idle: block until there is work
+            while True:
+                try:
+                    cmd = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self._handle(*cmd)
+            if self._stop_requested:
+                return
+            t0 = perf()  # after any idle wait: busy_s counts only time with work
+            self._expire(t0)
+            self._flush_removals()
+            self._run_calls()
+            self._admit(t0)
+            if self._active:
+                self._step(t0)
+
+    def _handle(self, kind: str, arg: Any) -> None:
+        if kind == "submit":
+            self._enqueue(arg)
+        elif kind == "cancel":
+            self._drop(arg)
+        elif kind == "call":
+            self._calls.append(arg)
+        elif kind == "stop":
+            self._stop_requested = True
+
+    def _enqueue(self, state: RequestState) -> None:
+        self.counters.submitted += 1
+        if state.cancelled:
+            state.done = True
+            self.counters.cancelled += 1
+        elif len(self._waiting) >= self.max_queue + max(0, self.max_batch_size - len(self._active)):
+            # Requests that free batch slots will take at this step do not count as queued.
+            self._reject(state, f"the MLX engine queue is full ({self.max_queue} waiting requests)")
+        else:
+            self._waiting.append(state)
+
+    def _drop(self, state: RequestState) -> None:
+        """A caller cancelled: the caller is gone, so nothing is delivered."""
+        if state.done:
+            return
+        state.done = True
+        self.counters.cancelled += 1
+        if state.uid is None:
+            try:
+                self._waiting.remove(state)
+            except ValueError:
+                pass  # still in the inbox; _enqueue sees the flag
+        else:
+            self._active.pop(state.uid, None)
+            self._to_remove[state.uid] = state
+
+    def _expire(self, now: float) -> None:
+        timeout = self.queue_timeout_s
+        if timeout is None:
+            return
+        waiting = self._waiting
+        while waiting and now - waiting[0].submitted_at > timeout:
+            state = waiting.popleft()
+            self._reject(state, f"request waited over queue_timeout_s={timeout:g} s for a slot")
+        self._flush_outbox()
+
+    def _flush_removals(self) -> None:
+        if not self._to_remove:
+            return
+        removed, self._to_remove = self._to_remove, {}
+        hook = self.prompt_cache
+        caches = self._gen.remove(list(removed), return_prompt_caches=hook is not None)
+        if hook is not None:
+            for uid, (cache, tokens) in caches.items():
+                self._store(hook, removed[uid], tokens, cache)
+
+    def _store(self, hook: PromptCacheHook, state: RequestState, tokens: Any, cache: Any) -> None:
+        try:
+            hook.store(state.job, list(tokens), cache)
+        except Exception:
+            log.exception("the prompt cache hook failed to store a cache")
+
+    def _run_calls(self) -> None:
+        calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            try:
+                fut.set_result(fn(self))
+            except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                fut.set_exception(exc)
+
+    def _admit(self, now: float) -> None:
+        free = self.max_batch_size - len(self._active)
+        if free <= 0 or not self._waiting:
+            return
+        batch: list[RequestState] = []
+        while self._waiting and len(batch) < free:
+            state = self._waiting.popleft()
+            if self.prompt_cache is None or self._lookup(state):
+                batch.append(state)
+        # mlx-lm prefills inserted prompts in FIFO groups of prefill_batch_size, right-padded
+        # to the longest: grouping similar lengths wastes less compute on padding (and serves
+        # short prompts first, which lowers the median time to first token).
+        batch.sort(key=lambda s: len(s.job.prompt_tokens) - s.cached_tokens)
+        try:
+            self._insert(batch, now)
+        except Exception:  # noqa: BLE001 - isolate the request that broke the insert
+            for state in batch:
+                try:
+                    self._insert([state], now)
+                except Exception as exc:  # noqa: BLE001
+                    self._fail(state, _as_provider_error(exc, "could not start the request"))
+        self._flush_outbox()
+
+    def _lookup(self, state: RequestState) -> bool:
+        """Ask the prompt cache hook for a cache; False (and the request failed) if it broke."""
+        assert self.prompt_cache is not None
+        try:
+            cache, n = self.prompt_cache.lookup(state.job)
+            n = 0 if cache is None else n
+            if not 0 <= n < len(state.job.prompt_tokens):  # insert() needs a token to prefill
+                raise ValueError(f"the prompt cache hook returned {n} cached tokens")
+        except Exception as exc:  # noqa: BLE001 - fails this request only
+            self._fail(state, _as_provider_error(exc, "the prompt cache lookup failed"))
+            return False
+        state.cache, state.cached_tokens = cache, n
+        return True
+
+    def _insert(self, batch: list[RequestState], now: float) -> None:
+        hooked = self.prompt_cache is not None
+        uids = self._gen.insert(
+            [s.job.prompt_tokens[s.cached_tokens :] for s in batch],
+            max_tokens=[s.job.max_tokens for s in batch],
+            caches=[s.cache for s in batch] if hooked else None,
+            all_tokens=[s.job.prompt_tokens[: s.cached_tokens] for s in batch] if hooked else None,
+            samplers=[self._samplers.get(s.job.sampling, s.job.seed) for s in batch],
+        )
+        tokenizer = self.tokenizer
+        for state, uid in zip(batch, uids):
+            state.uid = uid
+            state.cache = None  # the generator owns it now
+            state.admitted_at = now
+            state.detokenizer = tokenizer.detokenizer
+            if state.job.stop:
+                state.stops = StopMatcher(state.job.stop)
+            self._active[uid] = state
+            self.counters.prompt_tokens += len(state.job.prompt_tokens)
+
+    def _step(self, started: float) -> None:
+        gen = self._gen
+        c = self.counters
+        t0 = time.perf_counter()
+        try:
+            with gen.stats() as st:
+                _, responses = gen.next()
+        except Exception as exc:
+            log.exception("BatchGenerator.next() failed; failing %d requests", len(self._active))
+            self._fail_active(_as_provider_error(exc, "the batch step failed"))
+            self._rebuild_generator()
+            c.busy_s += time.perf_counter() - started
+            return
+        now = time.perf_counter()
+        c.time_in_next_s += now - t0
+        c.steps += 1
+        c.prefill_tokens += st.prompt_tokens
+        c.prefill_s += st.prompt_time
+        c.decode_s += st.decode_time
+        if responses:
+            c.decode_steps += 1
+            c.decode_rows += len(responses)
+        active = self._active
+        hook = self.prompt_cache
+        for r in responses:
+            state = active.get(r.uid)
+            if state is None:
+                continue  # dropped while its token was in flight
+            try:
+                if self._route(state, r.token, r.finish_reason, now):
+                    del active[r.uid]
+                    if r.finish_reason is None:
+                        self._to_remove[r.uid] = state  # ended on a stop string
+                    elif hook is not None:
+                        self._store(hook, state, r.all_tokens, r.prompt_cache)
+            except Exception as exc:  # noqa: BLE001 - one broken request fails alone
+                active.pop(r.uid, None)
+                if r.finish_reason is None:
+                    self._to_remove[r.uid] = state
+                self._fail(state, _as_provider_error(exc, "processing a generated token failed"))
+        c.generated_tokens += len(responses)
+        c.busy_s += time.perf_counter() - started  # before delivery, so callers see it
+        self._flush_outbox()
+        self._flush_removals()
+
+    def _route(self, state: RequestState, token: int, finish: str | None, now: float) -> bool:
+        """Deliver one token's text; True when the request ended."""
+        if state.first_token_at is None:
+            state.first_token_at = now
+        detok = state.detokenizer
+        if finish == "stop":  # EOS (the only token-level stop): its text is not content
+            return self._finish(state, _finalize(detok), "stop", now)
+        state.completion_tokens += 1
+        detok.add_token(token)
+        text = detok.last_segment
+        if finish == "length":
+            return self._finish(state, text + _finalize(detok), "length", now)
+        stops = state.stops
+        if stops is not None:
+            text, matched = stops.feed(text)
+            if matched:
+                self._finish_now(state, text, "stop", now)
+                return True
+        if text:
+            self._deliver(state, text)
+        return False
+
+    def _finish(self, state: RequestState, text: str, reason: str, now: float) -> bool:
+        stops = state.stops
+        if stops is not None:
+            text, matched = stops.feed(text)
+            if matched:
+                reason = "stop"
+            else:
+                text += stops.flush()
+        self._finish_now(state, text, reason, now)
+        return True
+
+    def _finish_now(self, state: RequestState, text: str, reason: str, now: float) -> None:
+        state.done = True
+        self.counters.finished += 1
+        self._deliver(state, state.final(text, reason, now))
+
+    def _deliver(self, state: RequestState, item: Any) -> None:
+        self._outbox.put(state.sink, item)
+
+    def _flush_outbox(self) -> None:
+        for sink in self._outbox.flush():  # their event loop is closed: nobody is listening
+            self._orphan(sink)
+
+    def _orphan(self, sink: Sink) -> None:
+        for uid, state in list(self._active.items()):
+            if state.sink is sink:
+                self._drop(state)
+
+    def _reject(self, state: RequestState, why: str) -> None:
+        state.done = True
+        self.counters.rejected += 1
+        self._deliver(state, OverloadedError(why, provider=_PROVIDER))
+
+    def _fail(self, state: RequestState, exc: BaseException) -> None:
+        state.done = True
+        self.counters.errors += 1
+        self._deliver(state, exc)
+
+    def _fail_active(self, exc: ProviderAPIError) -> None:
+        active, self._active = self._active, {}
+        self._to_remove = {}
+        for state in active.values():
+            self._fail(state, _copy_error(exc))
+        self._flush_outbox()
+
+    def _rebuild_generator(self) -> None:
+        old, self._gen = self._gen, None
+        try:
+            old.close()
+        except Exception:
+            log.debug("closing the failed BatchGenerator raised", exc_info=True)
+        del old
+        self._gen = self._new_generator()
+
+    def _shutdown(self, reason: BaseException) -> None:
+        """Fail whatever is pending, release the model; runs last on the engine thread."""
+        self._dead = reason
+        self._closed = True
+        pending = list(self._waiting) + list(self._active.values())
+        self._waiting.clear()
+        self._active.clear()
+        while True:  # requests that raced in after the loop stopped
+            try:
+                kind, arg = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit":
+                pending.append(arg)
+            elif kind == "call":
+                arg[1].set_exception(self._closed_error())
+        for fn, fut in self._calls:
+            fut.set_exception(self._closed_error())
+        self._calls = []
+        for state in pending:
+            if not state.done:
+                state.done = True
+                self._deliver(state, self._pending_error())
+        self._flush_outbox()
+        try:
+            if self._gen is not None:
+                self._gen.close()
+        finally:
+            self._gen = None
+            self._model = None
+            self._samplers = None
+            gc.collect()
+            try:
+                import mlx.core as mx
+
+                mx.clear_cache()
+            except Exception:  # best effort at teardown
+                log.debug("mx.clear_cache() failed at engine shutdown", exc_info=True)
+
+
+class _Stop(Exception):
+    """Marks an orderly shutdown (close) as the reason the engine stopped."""
+
+
+def _finalize(detok: Any) -> str:
+    """The detokenizer's held-back text; a UTF-8 character cut off by the end is dropped."""
+    detok.finalize()
+    return str(detok.last_segment).rstrip("\ufffd")
+
+
+def _as_provider_error(exc: BaseException, what: str) -> ProviderAPIError:
+    err = ProviderAPIError(f"{what}: {type(exc).__name__}: {exc}", provider=_PROVIDER)
+    err.__cause__ = exc
+    return err
+
+
+def _copy_error(exc: ProviderAPIError) -> ProviderAPIError:
+    err = ProviderAPIError(str(exc), provider=exc.provider)
+    err.__cause__ = exc.__cause__
+    return err

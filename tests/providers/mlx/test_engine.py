@@ -1,0 +1,237 @@
+"""Engine lifecycle and failure isolation: admission limits, step failures, thread death, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from abstractcore.errors import (
+    GenerationCancelledError,
+    OverloadedError,
+    ProviderAPIError,
+    ProviderUnavailableError,
+)
+from abstractcore.providers.mlx.requests import StopMatcher
+
+LONG = "Write a very long story about a lighthouse keeper."
+
+
+# ---------------------------------------------------------------------- stop matching (no model)
+@pytest.mark.parametrize(
+    ("pieces", "stops", "emitted", "matched"),
+    [
+        (["Hello", " wor", "ld!"], ["world"], "Hello ", True),
+        (["ab", "c", "d"], ["cd"], "ab", True),
+        (["The end", "ing"], ["end."], "The ending", False),
+        (["a<", "|st", "op|>b"], ["<|stop|>"], "a", True),
+        (["x", "yz", "yzz"], ["zz", "yzy"], "x", True),
+        (["x", "yz", "z"], ["zz", "yzy"], "xy", True),
+        (["no stop here"], ["zz"], "no stop here", False),
+    ],
+)
+def test_stop_matcher_holds_back_possible_starts(
+    pieces: list[str], stops: list[str], emitted: str, matched: bool
+) -> None:
+    m = StopMatcher(stops)
+    out = []
+    hit = False
+    for piece in pieces:
+        text, hit = m.feed(piece)
+        out.append(text)
+        assert not any(s in "".join(out) for s in stops)
+        if hit:
+            break
+    if not hit:
+        out.append(m.flush())
+    assert ("".join(out), hit) == (emitted, matched)
+
+
+def test_sampler_cache_shares_unseeded_and_isolates_seeded() -> None:
+    from abstractcore.providers.mlx.blas import preload_blas
+
+    preload_blas()
+    from mlx_lm.sample_utils import greedy_sampler
+
+    from abstractcore.providers.mlx.sampling import SamplerCache, SamplingParams
+
+    cache = SamplerCache(vocab_size=100)
+    warm = SamplingParams(temperature=0.7, top_p=0.9)
+    assert cache.get(warm) is cache.get(SamplingParams(temperature=0.7, top_p=0.9))
+    assert cache.get(warm) is not cache.get(SamplingParams(temperature=0.8, top_p=0.9))
+    assert cache.get(warm, seed=1) is not cache.get(warm, seed=1)
+    assert cache.get(SamplingParams(), seed=5) is greedy_sampler
+
+
+# ---------------------------------------------------------------------- admission limits
+@pytest.mark.mlx
+@pytest.mark.anyio
+async def test_queue_full_and_queue_timeout_raise_overloaded(
+    embedded_model_dir: Path, assert_engine_empty: Any
+) -> None:
+    from abstractcore.providers.mlx.provider import MLXProvider
+
+    llm = MLXProvider(str(embedded_model_dir), max_batch_size=1, max_queue=1, queue_timeout_s=0.5)
+    try:
+        async with contextlib.aclosing(llm.astream(LONG, max_output_tokens=4000)) as busy:
+            await busy.__anext__()  # the only batch slot is taken
+            waiting = asyncio.create_task(llm.agenerate("Hi", max_output_tokens=4))
+            await asyncio.sleep(0)  # submits before the next one
+            with pytest.raises(OverloadedError, match="queue is full"):
+                await llm.agenerate("Hello", max_output_tokens=4)
+            with pytest.raises(OverloadedError, match="queue_timeout_s"):
+                await waiting
+        await asyncio.to_thread(assert_engine_empty, llm)
+        assert llm.stats()["rejected"] == 2
+        assert (await llm.agenerate("Hi", max_output_tokens=2)).finish_reason in ("stop", "length")
+    finally:
+        await llm.aclose()
+
+
+# ---------------------------------------------------------------------- failure isolation
+@pytest.mark.mlx
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
+    mlx_llm: Any, assert_engine_empty: Any
+) -> None:
+    def break_next_step(engine: Any) -> None:
+        def boom() -> Any:
+            raise RuntimeError("injected step failure")
+
+        engine._gen.next = boom  # the engine replaces the generator after a failed step
+
+    mlx_llm.engine.call(break_next_step)
+    with pytest.raises(ProviderAPIError, match="injected step failure"):
+        mlx_llm.generate("Hi", max_output_tokens=4)
+    assert mlx_llm.generate("What is the capital of France?", max_output_tokens=8).content
+    assert_engine_empty(mlx_llm)
+
+
+@pytest.mark.mlx
+def test_a_failing_request_fails_alone(mlx_llm: Any, prompts: list[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def break_one_detokenizer(engine: Any) -> None:
+        original = engine._insert
+
+        def insert(batch: list[Any], now: float) -> None:
+            original(batch, now)
+            for state in batch:
+                if state.job.max_tokens == 7:
+                    state.detokenizer = None  # add_token will raise for this request only
+                    engine._insert = original
+
+        engine._insert = insert
+
+    mlx_llm.engine.call(break_one_detokenizer)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(mlx_llm.generate, prompts[i], max_output_tokens=6 + (i == 1))
+            for i in range(4)
+        ]
+        with pytest.raises(ProviderAPIError):
+            futures[1].result()
+        assert all(futures[i].result().content for i in (0, 2, 3))
+
+
+@pytest.mark.mlx
+def test_engine_thread_death_fails_pending_and_future_requests(
+    embedded_model_dir: Path, no_thread_leak: None
+) -> None:
+    from abstractcore.providers.mlx.provider import MLXProvider
+
+    with MLXProvider(str(embedded_model_dir)) as llm:
+
+        def kill_loop(engine: Any) -> None:
+            def admit(now: float) -> None:
+                raise RuntimeError("injected engine crash")
+
+            engine._admit = admit
+
+        llm.engine.call(kill_loop)
+        with pytest.raises(ProviderAPIError, match="engine thread died"):
+            llm.generate("Hi", max_output_tokens=4)
+        with pytest.raises(ProviderAPIError, match="engine thread died"):
+            llm.generate("Hi again", max_output_tokens=4)
+        assert not llm.engine.alive
+
+
+# ---------------------------------------------------------------------- close
+@pytest.mark.mlx
+@pytest.mark.anyio
+async def test_close_with_requests_in_flight(
+    embedded_model_dir: Path, no_thread_leak: None
+) -> None:
+    from abstractcore.providers.mlx.provider import MLXProvider
+
+    llm = MLXProvider(str(embedded_model_dir))
+    async with llm:
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in llm.astream(LONG, max_output_tokens=4000):
+                started.set()
+
+        streaming = asyncio.create_task(consume())
+        queued = [
+            asyncio.create_task(llm.agenerate(LONG, max_output_tokens=4000)) for _ in range(3)
+        ]
+        await started.wait()
+        await llm.aclose()
+        for task in (streaming, *queued):
+            with pytest.raises(GenerationCancelledError):
+                await task
+    await llm.aclose()  # idempotent
+    with pytest.raises(ProviderUnavailableError):
+        await llm.agenerate("Hi")
+    with pytest.raises(ProviderUnavailableError):
+        llm.generate("Hi")
+
+
+# ---------------------------------------------------------------------- prompt cache seam
+class _ExactPromptCache:
+    """The smallest prompt cache: an exact prompt seen before reuses its KV cache."""
+
+    def __init__(self) -> None:
+        self.stored: dict[tuple[int, ...], tuple[list[int], Any]] = {}
+        self.hits = 0
+
+    def lookup(self, job: Any) -> tuple[Any, int]:
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        entry = self.stored.pop(tuple(job.prompt_tokens), None)
+        if entry is None:
+            return None, 0
+        tokens, cache = entry
+        keep = len(job.prompt_tokens) - 1
+        trim_prompt_cache(cache, len(tokens) - keep)
+        self.hits += 1
+        return cache, keep
+
+    def store(self, job: Any, tokens: list[int], cache: Any) -> None:
+        assert tokens[: len(job.prompt_tokens)] == job.prompt_tokens
+        self.stored[tuple(job.prompt_tokens)] = (tokens, cache)
+
+
+@pytest.mark.mlx
+def test_prompt_cache_seam_returns_caches_and_a_reused_cache_keeps_the_output(
+    mlx_llm: Any, assert_engine_empty: Any
+) -> None:
+    hook = _ExactPromptCache()
+    mlx_llm.engine.call(lambda engine: setattr(engine, "prompt_cache", hook))
+    try:
+        cold = mlx_llm.generate("Name a famous bridge.", max_output_tokens=10)
+        assert len(hook.stored) == 1
+        warm = mlx_llm.generate("Name a famous bridge.", max_output_tokens=10)
+        assert hook.hits == 1
+        assert warm.content == cold.content
+        assert warm.usage.cached_tokens == warm.usage.prompt_tokens - 1
+        stream = mlx_llm.stream("Name a famous river.", max_output_tokens=4000)
+        next(stream)
+        stream.close()  # a removed request hands its cache back too
+        assert_engine_empty(mlx_llm)
+        assert len(hook.stored) == 2
+    finally:
+        mlx_llm.engine.call(lambda engine: setattr(engine, "prompt_cache", None))
