@@ -29,11 +29,11 @@ from ...errors import (
     ProviderAPIError,
     ProviderUnavailableError,
 )
+from .cache_scheduler import CacheScheduler
 from .requests import (
     EngineCounters,
     Job,
     Outbox,
-    PromptCacheHook,
     RequestState,
     Sink,
     StopMatcher,
@@ -63,6 +63,9 @@ class MLXEngine:
         prefill_step_size: int = 512,
         max_queue: int = 1024,
         queue_timeout_s: float | None = None,
+        prompt_cache_bytes: int | None = None,
+        prefix_cache: bool = True,
+        share_prefix_across_keys: bool = False,
         name: str = "abstractcore-mlx-engine",
     ) -> None:
         self.model_path = Path(model_path)
@@ -83,8 +86,9 @@ class MLXEngine:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started_at = time.perf_counter()
         self.counters = EngineCounters()
-        #: Where prompt caching plugs in (issue 5); used only on the engine thread.
-        self.prompt_cache: PromptCacheHook | None = None
+        self._cache_options = (prompt_cache_bytes, prefix_cache, share_prefix_across_keys)
+        #: Prompt caching (built with the model; engine thread only, except its stats).
+        self.prompt_cache: CacheScheduler | None = None
 
         # Engine-thread state.
         self._model: Any = None
@@ -138,11 +142,15 @@ class MLXEngine:
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the engine's counters (see MLXProvider.stats)."""
-        return self.counters.as_dict(
+        cache = self.prompt_cache
+        stats = self.counters.as_dict(
             active=len(self._active),
-            queued=len(self._waiting),
+            queued=len(self._waiting) + (cache.deferred if cache is not None else 0),
             wall_s=time.perf_counter() - self._started_at,
         )
+        if cache is not None:
+            stats["prompt_cache"] = cache.store.stats()
+        return stats
 
     def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
         """What the engine thread holds right now, read between two steps (diagnostics)."""
@@ -244,6 +252,31 @@ class MLXEngine:
         self.vocab_size = int(getattr(args, "vocab_size", 0) or len(tokenizer))
         self._samplers = SamplerCache(self.vocab_size)
         self._gen = self._new_generator()
+        self.prompt_cache = self._new_prompt_cache(model)
+
+    def _new_prompt_cache(self, model: Any) -> CacheScheduler:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        from .prompt_cache import PromptCacheStore, cache_support, default_budget_bytes
+
+        budget, prefix, share = self._cache_options
+        reason = cache_support(make_prompt_cache(model))
+        if reason is not None:
+            log.info("prompt caching is off for %s: %s", self.model_path, reason)
+        store = PromptCacheStore(
+            default_budget_bytes() if budget is None else budget,
+            prefix_cache=prefix,
+            share_prefix_across_keys=share,
+            disabled_reason=reason,
+        )
+        layers = len(make_prompt_cache(model))
+        return CacheScheduler(
+            store, self._requeue, model_id=str(self.model_path), num_layers=layers
+        )
+
+    def _requeue(self, states: list[RequestState]) -> None:
+        """Deferred fork followers go back to the front of the queue, in order."""
+        self._waiting.extendleft(reversed(states))
 
     def _new_generator(self) -> Any:
         from mlx_lm.generate import BatchGenerator
@@ -307,11 +340,13 @@ class MLXEngine:
             return
         state.done = True
         self.counters.cancelled += 1
+        if self.prompt_cache is not None:
+            self.prompt_cache.dropped(state)
         if state.uid is None:
             try:
                 self._waiting.remove(state)
             except ValueError:
-                pass  # still in the inbox; _enqueue sees the flag
+                pass  # still in the inbox (_enqueue sees the flag), or deferred by a fork
         else:
             self._active.pop(state.uid, None)
             self._to_remove[state.uid] = state
@@ -330,17 +365,19 @@ class MLXEngine:
         if not self._to_remove:
             return
         removed, self._to_remove = self._to_remove, {}
-        hook = self.prompt_cache
-        caches = self._gen.remove(list(removed), return_prompt_caches=hook is not None)
-        if hook is not None:
-            for uid, (cache, tokens) in caches.items():
-                self._store(hook, removed[uid], tokens, cache)
+        sched = self.prompt_cache
+        keep = sched is not None and sched.store.enabled
+        caches = self._gen.remove(list(removed), return_prompt_caches=keep)
+        if sched is not None:
+            for uid in removed:  # a request that just finished has handed its cache back
+                cache, tokens = caches.get(uid, (None, None))
+                self._returned(sched, uid, tokens, cache)
 
-    def _store(self, hook: PromptCacheHook, state: RequestState, tokens: Any, cache: Any) -> None:
+    def _returned(self, sched: CacheScheduler, uid: int, tokens: Any, cache: Any) -> None:
         try:
-            hook.store(state.job, list(tokens), cache)
-        except Exception:
-            log.exception("the prompt cache hook failed to store a cache")
+            sched.returned(uid, tokens, cache)
+        except Exception:  # the cache is an optimisation: never fail a request for it
+            log.exception("storing a prompt cache failed")
 
     def _run_calls(self) -> None:
         calls, self._calls = self._calls, []
@@ -351,18 +388,21 @@ class MLXEngine:
                 fut.set_exception(exc)
 
     def _admit(self, now: float) -> None:
-        free = self.max_batch_size - len(self._active)
+        sched = self.prompt_cache
+        free = self.max_batch_size - len(self._active) - (sched.deferred if sched else 0)
         if free <= 0 or not self._waiting:
             return
         batch: list[RequestState] = []
         while self._waiting and len(batch) < free:
-            state = self._waiting.popleft()
-            if self.prompt_cache is None or self._lookup(state):
-                batch.append(state)
+            batch.append(self._waiting.popleft())
+        if sched is not None:
+            batch = [s for s in sched.plan(batch, self._active.values()) if self._lookup(s)]
         # mlx-lm prefills inserted prompts in FIFO groups of prefill_batch_size, right-padded
         # to the longest: grouping similar lengths wastes less compute on padding (and serves
         # short prompts first, which lowers the median time to first token).
-        batch.sort(key=lambda s: len(s.job.prompt_tokens) - s.cached_tokens)
+        # A fork's lead goes first: its followers wait until it has prefilled their prefix.
+        lead = self.prompt_cache.leads if self.prompt_cache is not None else lambda s: False
+        batch.sort(key=lambda s: (not lead(s), len(s.job.prompt_tokens) - s.cached_tokens))
         try:
             self._insert(batch, now)
         except Exception:  # noqa: BLE001 - isolate the request that broke the insert
@@ -374,31 +414,31 @@ class MLXEngine:
         self._flush_outbox()
 
     def _lookup(self, state: RequestState) -> bool:
-        """Ask the prompt cache hook for a cache; False (and the request failed) if it broke."""
+        """Take the request's cache hit; False (and the request failed) if that broke."""
         assert self.prompt_cache is not None
         try:
-            cache, n = self.prompt_cache.lookup(state.job)
-            n = 0 if cache is None else n
-            if not 0 <= n < len(state.job.prompt_tokens):  # insert() needs a token to prefill
-                raise ValueError(f"the prompt cache hook returned {n} cached tokens")
+            hit = self.prompt_cache.checkout(state)
         except Exception as exc:  # noqa: BLE001 - fails this request only
             self._fail(state, _as_provider_error(exc, "the prompt cache lookup failed"))
             return False
-        state.cache, state.cached_tokens = cache, n
+        state.cache, state.cached_tokens = hit, 0 if hit is None else hit.n
         return True
 
     def _insert(self, batch: list[RequestState], now: float) -> None:
-        hooked = self.prompt_cache is not None
+        hits = [s.cache for s in batch]  # prompt-cache Hits (or None)
         uids = self._gen.insert(
             [s.job.prompt_tokens[s.cached_tokens :] for s in batch],
             max_tokens=[s.job.max_tokens for s in batch],
-            caches=[s.cache for s in batch] if hooked else None,
-            all_tokens=[s.job.prompt_tokens[: s.cached_tokens] for s in batch] if hooked else None,
+            caches=[h.cache if h else None for h in hits] if any(hits) else None,
+            all_tokens=[h.tokens if h else [] for h in hits] if any(hits) else None,
             samplers=[self._samplers.get(s.job.sampling, s.job.seed) for s in batch],
         )
         tokenizer = self.tokenizer
+        sched = self.prompt_cache
         for state, uid in zip(batch, uids):
             state.uid = uid
+            if sched is not None:
+                sched.register(state, uid, state.cache)
             state.cache = None  # the generator owns it now
             state.admitted_at = now
             state.detokenizer = tokenizer.detokenizer
@@ -413,7 +453,7 @@ class MLXEngine:
         t0 = time.perf_counter()
         try:
             with gen.stats() as st:
-                _, responses = gen.next()
+                prompt_responses, responses = gen.next()
         except Exception as exc:
             log.exception("BatchGenerator.next() failed; failing %d requests", len(self._active))
             self._fail_active(_as_provider_error(exc, "the batch step failed"))
@@ -430,8 +470,12 @@ class MLXEngine:
             c.decode_steps += 1
             c.decode_rows += len(responses)
         active = self._active
-        hook = self.prompt_cache
+        sched = self.prompt_cache
+        if sched is not None:
+            sched.after_step(gen, prompt_responses)
         for r in responses:
+            if r.finish_reason is not None and sched is not None:
+                self._returned(sched, r.uid, r.all_tokens, r.prompt_cache)
             state = active.get(r.uid)
             if state is None:
                 continue  # dropped while its token was in flight
@@ -440,8 +484,6 @@ class MLXEngine:
                     del active[r.uid]
                     if r.finish_reason is None:
                         self._to_remove[r.uid] = state  # ended on a stop string
-                    elif hook is not None:
-                        self._store(hook, state, r.all_tokens, r.prompt_cache)
             except Exception as exc:  # noqa: BLE001 - one broken request fails alone
                 active.pop(r.uid, None)
                 if r.finish_reason is None:
@@ -508,6 +550,8 @@ class MLXEngine:
         self._deliver(state, OverloadedError(why, provider=_PROVIDER))
 
     def _fail(self, state: RequestState, exc: BaseException) -> None:
+        if self.prompt_cache is not None:
+            self.prompt_cache.dropped(state)
         state.done = True
         self.counters.errors += 1
         self._deliver(state, exc)
@@ -515,6 +559,8 @@ class MLXEngine:
     def _fail_active(self, exc: ProviderAPIError) -> None:
         active, self._active = self._active, {}
         self._to_remove = {}
+        if self.prompt_cache is not None:
+            self.prompt_cache.fail_all()
         for state in active.values():
             self._fail(state, _copy_error(exc))
         self._flush_outbox()
@@ -533,6 +579,8 @@ class MLXEngine:
         self._dead = reason
         self._closed = True
         pending = list(self._waiting) + list(self._active.values())
+        if self.prompt_cache is not None:
+            pending += self.prompt_cache.deferred_states()
         self._waiting.clear()
         self._active.clear()
         while True:  # requests that raced in after the loop stopped

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 from ...errors import ContextLengthError, InvalidRequestError, RequestTimeoutError
 from ...types import GenerateResponse, GenerationRequest, Message, StreamChunk, Timing, Usage
 from ..base import BaseProvider, MessageInput
+from .cache_scheduler import CacheScheduler
 from .engine import MLXEngine
 from .requests import AsyncSink, Final, Job, ThreadSink
 from .sampling import SamplingParams
@@ -42,6 +45,10 @@ class MLXProvider(BaseProvider):
     ``prefill_batch_size`` (prompts prefilled together), ``prefill_step_size`` (prompt tokens
     per prefill call), ``max_queue`` (waiting requests before OverloadedError),
     ``queue_timeout_s`` (longest wait for a batch slot), ``dtype`` (GGUF conversion dtype).
+    Prompt cache (docs/concurrency.md): ``prompt_cache_bytes`` (one budget for every stored
+    KV cache; default min(10% of RAM, 2 GiB); 0 turns caching off), ``prefix_cache`` (share
+    prefixes between requests without a ``prompt_cache_key``), ``share_prefix_across_keys``
+    (let keyed requests share prefixes with everyone; off, since reuse is a timing signal).
     """
 
     provider_name: ClassVar[str] = "mlx"
@@ -58,9 +65,13 @@ class MLXProvider(BaseProvider):
         max_queue: int = 1024,
         queue_timeout_s: float | None = None,
         dtype: str | None = None,
+        prompt_cache_bytes: int | None = None,
+        prefix_cache: bool = True,
+        share_prefix_across_keys: bool = False,
         **generation_defaults: Any,
     ) -> None:
         super().__init__(model, **generation_defaults)
+        _check_cache_options(prompt_cache_bytes, prefix_cache, share_prefix_across_keys)
         _check_int_option("max_batch_size", max_batch_size)
         _check_int_option("prefill_batch_size", prefill_batch_size)
         _check_int_option("prefill_step_size", prefill_step_size)
@@ -90,6 +101,9 @@ class MLXProvider(BaseProvider):
             prefill_step_size=prefill_step_size,
             max_queue=max_queue,
             queue_timeout_s=None if queue_timeout_s is None else float(queue_timeout_s),
+            prompt_cache_bytes=prompt_cache_bytes,
+            prefix_cache=prefix_cache,
+            share_prefix_across_keys=share_prefix_across_keys,
         )
         self._engine.start()
         self._closer = weakref.finalize(self, self._engine.close)
@@ -122,8 +136,23 @@ class MLXProvider(BaseProvider):
 
     def stats(self) -> dict[str, Any]:
         """Engine counters: active, queued, finished, cancelled, errors, tokens, steps,
-        mean_batch_size, prefill_tok_s, decode_tok_s, time_in_next_s, busy_s, wall_s."""
+        mean_batch_size, prefill_tok_s, decode_tok_s, time_in_next_s, busy_s, wall_s, and
+        ``prompt_cache`` (enabled, reason, entries, bytes, budget, hits, misses, evictions,
+        tokens_saved, in_use, keyed_entries, prefix_nodes)."""
         return self._engine.stats()
+
+    def save_prompt_cache(self, key: str, path: str | os.PathLike[str]) -> Path:
+        """Write the KV cache stored under ``prompt_cache_key=key`` to a safetensors file
+        (``.safetensors`` is appended when missing) and return its path."""
+        _check_cache_key(key)
+        return cast(Path, self._engine.call(lambda e: _scheduler(e).save(key, path)))
+
+    def load_prompt_cache(self, key: str, path: str | os.PathLike[str]) -> int:
+        """Store the cache saved in ``path`` under ``key``; returns the tokens it covers.
+
+        Raises InvalidRequestError (field ``path``) for a file made by another model."""
+        _check_cache_key(key)
+        return cast(int, self._engine.call(lambda e: _scheduler(e).load(key, path)))
 
     def close(self) -> None:
         """Stop the engine thread (requests in flight get GenerationCancelledError)."""
@@ -357,3 +386,35 @@ def _check_min_p(value: Any) -> float:
             f"min_p must be a number in [0, 1], got {value!r}", field="min_p", provider="mlx"
         )
     return float(value)
+
+
+def _check_cache_options(budget: Any, prefix: Any, share: Any) -> None:
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 0
+    ):
+        raise InvalidRequestError(
+            f"prompt_cache_bytes must be an integer >= 0 or None, got {budget!r}",
+            field="prompt_cache_bytes",
+            provider="mlx",
+        )
+    for name, value in (("prefix_cache", prefix), ("share_prefix_across_keys", share)):
+        if not isinstance(value, bool):
+            raise InvalidRequestError(
+                f"{name} must be True or False, got {value!r}",
+                field=name,
+                provider="mlx",
+            )
+
+
+def _check_cache_key(key: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise InvalidRequestError(
+            "prompt_cache_key must be a non-empty string",
+            field="prompt_cache_key",
+            provider="mlx",
+        )
+
+
+def _scheduler(engine: MLXEngine) -> CacheScheduler:
+    assert engine.prompt_cache is not None, "the engine builds it with the model"
+    return engine.prompt_cache

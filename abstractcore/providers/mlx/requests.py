@@ -3,8 +3,8 @@
 Only plain Python crosses: the engine delivers ``str`` pieces of text, one :class:`Final`
 and nothing after it, or an exception instance. Sync callers read a ``queue.SimpleQueue``;
 async callers an ``asyncio.Queue`` fed by ``call_soon_threadsafe``, which the engine's
-:class:`Outbox` batches per step and per event loop. Also here: per-request engine state,
-stop-string matching and the prompt-cache hook protocol.
+:class:`Outbox` batches per step and per event loop. Also here: per-request engine state
+and stop-string matching.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import queue
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .sampling import SamplingParams
 
@@ -23,7 +23,6 @@ __all__ = [
     "EngineCounters",
     "Final",
     "Job",
-    "PromptCacheHook",
     "RequestState",
     "Sink",
     "StopMatcher",
@@ -56,25 +55,6 @@ class Final:
     ttft_s: float | None
     total_s: float
     decode_tokens_per_s: float | None
-
-
-class PromptCacheHook(Protocol):
-    """Reuse of KV caches across requests (issue 5); called on the engine thread only.
-
-    ``lookup`` returns a cache covering exactly the first ``n`` prompt tokens (or ``(None,
-    0)``), with ``n`` below the prompt length (the engine must prefill at least one token)
-    and a cache type that supports ``merge``: an unmergeable cache fails a whole batch step.
-    The engine owns the cache until the request ends; then ``store`` hands it back with the
-    tokens it holds (prompt and generated ones), also for cancelled requests.
-    """
-
-    def lookup(self, job: Job) -> tuple[Any, int]:
-        """A cache for the start of ``job.prompt_tokens`` and how many tokens it covers."""
-        ...
-
-    def store(self, job: Job, tokens: list[int], cache: Any) -> None:
-        """Take back the cache of a finished or removed request."""
-        ...
 
 
 class StopMatcher:
@@ -201,7 +181,7 @@ class RequestState:
     admitted_at: float | None = None
     first_token_at: float | None = None
     completion_tokens: int = 0
-    cache: Any = None  # from the prompt cache hook, until the generator takes it
+    cache: Any = None  # its prompt-cache Hit, until the generator takes it
     cached_tokens: int = 0
     detokenizer: Any = None
     stops: StopMatcher | None = None

@@ -191,47 +191,18 @@ async def test_close_with_requests_in_flight(
 
 
 # ---------------------------------------------------------------------- prompt cache seam
-class _ExactPromptCache:
-    """The smallest prompt cache: an exact prompt seen before reuses its KV cache."""
-
-    def __init__(self) -> None:
-        self.stored: dict[tuple[int, ...], tuple[list[int], Any]] = {}
-        self.hits = 0
-
-    def lookup(self, job: Any) -> tuple[Any, int]:
-        from mlx_lm.models.cache import trim_prompt_cache
-
-        entry = self.stored.pop(tuple(job.prompt_tokens), None)
-        if entry is None:
-            return None, 0
-        tokens, cache = entry
-        keep = len(job.prompt_tokens) - 1
-        trim_prompt_cache(cache, len(tokens) - keep)
-        self.hits += 1
-        return cache, keep
-
-    def store(self, job: Any, tokens: list[int], cache: Any) -> None:
-        assert tokens[: len(job.prompt_tokens)] == job.prompt_tokens
-        self.stored[tuple(job.prompt_tokens)] = (tokens, cache)
-
-
 @pytest.mark.mlx
 def test_prompt_cache_seam_returns_caches_and_a_reused_cache_keeps_the_output(
     mlx_llm: Any, assert_engine_empty: Any
 ) -> None:
-    hook = _ExactPromptCache()
-    mlx_llm.engine.call(lambda engine: setattr(engine, "prompt_cache", hook))
-    try:
-        cold = mlx_llm.generate("Name a famous bridge.", max_output_tokens=10)
-        assert len(hook.stored) == 1
-        warm = mlx_llm.generate("Name a famous bridge.", max_output_tokens=10)
-        assert hook.hits == 1
-        assert warm.content == cold.content
-        assert warm.usage.cached_tokens == warm.usage.prompt_tokens - 1
-        stream = mlx_llm.stream("Name a famous river.", max_output_tokens=4000)
-        next(stream)
-        stream.close()  # a removed request hands its cache back too
-        assert_engine_empty(mlx_llm)
-        assert len(hook.stored) == 2
-    finally:
-        mlx_llm.engine.call(lambda engine: setattr(engine, "prompt_cache", None))
+    before = mlx_llm.stats()["prompt_cache"]
+    cold = mlx_llm.generate("Name a famous bridge.", max_output_tokens=10, prompt_cache_key="seam")
+    warm = mlx_llm.generate("Name a famous bridge.", max_output_tokens=10, prompt_cache_key="seam")
+    assert warm.content == cold.content
+    assert warm.usage.cached_tokens == warm.usage.prompt_tokens - 1
+    stream = mlx_llm.stream("Name a famous river.", max_output_tokens=4000, prompt_cache_key="s2")
+    next(stream)
+    stream.close()  # a removed request hands its cache back too
+    assert_engine_empty(mlx_llm)
+    after = mlx_llm.stats()["prompt_cache"]
+    assert after["keyed_entries"] - before["keyed_entries"] == 2 and after["in_use"] == 0

@@ -28,7 +28,8 @@ def test_stream_joins_to_generate_content_and_last_chunk_carries_usage(mlx_llm: 
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     last = chunks[-1]
     assert last.finish_reason == full.finish_reason
-    assert last.usage == full.usage
+    # cached_tokens differ: the stream reuses the KV cache the first request left behind.
+    assert _counts(last.usage) == _counts(full.usage)
     assert last.usage is not None and last.usage.prompt_tokens == len(mlx_llm.tokenize(PROMPT))
     assert full.provider == "mlx" and full.timing.ttft_s is not None and full.timing.total_s
 
@@ -42,7 +43,8 @@ async def test_async_verbs_match_sync_and_never_block_the_loop(
     chunks = [c async for c in mlx_llm.astream(prompt, max_output_tokens=16)]
     assert "".join(c.content for c in chunks) == full.content
     assert not any("\ufffd" in c.content for c in chunks), "a UTF-8 character was split"
-    assert chunks[-1].finish_reason == full.finish_reason and chunks[-1].usage == full.usage
+    assert chunks[-1].finish_reason == full.finish_reason
+    assert _counts(chunks[-1].usage) == _counts(full.usage)
     sync = await asyncio.to_thread(mlx_llm.generate, prompt, max_output_tokens=16)
     assert sync.content == full.content
 
@@ -233,3 +235,9 @@ def test_stats_report_engine_counters(mlx_llm: Any) -> None:
     ):  # fmt: skip
         assert key in stats
     assert stats["finished"] > 0 and stats["decode_tok_s"] > 0
+
+
+def _counts(usage: Any) -> tuple[int, int]:
+    """Usage without cached_tokens (which depends on what earlier requests left cached)."""
+    assert usage is not None
+    return usage.prompt_tokens, usage.completion_tokens

@@ -1,0 +1,60 @@
+"""Benchmark settings: one validated object the CLI builds and the runner reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["DEFAULT_OUT_DIR", "ENGINE", "MLX_LM_SERVER", "SERIAL", "BenchConfig", "GenParams"]
+
+DEFAULT_OUT_DIR = Path("test_results") / "mlx_concurrency"
+
+# Names of the built-in systems; any other --compare name is a configured profile.
+ENGINE = "engine"
+SERIAL = "serial"
+MLX_LM_SERVER = "mlx-lm-server"
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling settings every system gets for every query."""
+
+    max_output_tokens: int = 64
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything one sweep needs."""
+
+    prompts_file: Path
+    provider: str = "mlx"
+    model: str = "smollm2-135m"
+    profile: str | None = None
+    base_url: str | None = None
+    queries: int = 16
+    levels: tuple[int, ...] = (1, 2, 4, 8, 16)
+    params: GenParams = field(default_factory=GenParams)
+    compare: tuple[str, ...] = ()
+    scenario: str = "independent"
+    progress_interval: float = 5.0
+    out_dir: Path = DEFAULT_OUT_DIR
+    quick: bool = False
+    server_start_timeout_s: float = 180.0
+
+    @property
+    def primary_name(self) -> str:
+        """Label of the system under test: ``engine`` for the in-process MLX provider."""
+        if self.profile:
+            return self.profile
+        return ENGINE if self.provider == "mlx" else self.provider
+
+    @property
+    def system_names(self) -> list[str]:
+        """Every measured system, primary first, in run order, without duplicates."""
+        names = [self.primary_name]
+        for name in self.compare:
+            if name not in names:
+                names.append(name)
+        return names

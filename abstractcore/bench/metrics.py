@@ -1,0 +1,125 @@
+"""Per-query measurements and the per-level summary computed from them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["LevelSummary", "QueryResult", "percentile", "summarize", "throughput"]
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One measured request, timed client-side from submission."""
+
+    system: str
+    concurrency: int
+    query_index: int
+    prompt_id: str
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_s: float | None = None
+    duration_s: float = 0.0
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the request finished without an error."""
+        return self.error is None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens after the first, over the time after the first: (n - 1) / (duration - TTFT)."""
+        if self.ttft_s is None or self.output_tokens < 2:
+            return None
+        span = self.duration_s - self.ttft_s
+        return (self.output_tokens - 1) / span if span > 0 else None
+
+    @property
+    def per_query_tok_s(self) -> float | None:
+        """Output tokens over the whole request duration (what one user sees)."""
+        if not self.ok or self.duration_s <= 0:
+            return None
+        return self.output_tokens / self.duration_s
+
+
+@dataclass(frozen=True)
+class LevelSummary:
+    """Aggregates for one system at one concurrency level."""
+
+    system: str
+    concurrency: int
+    queries: int
+    completed: int
+    errors: int
+    wall_s: float
+    prompt_tokens: int
+    output_tokens: int
+    throughput_tok_s: float
+    ttft_avg_s: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    decode_tok_s_avg: float | None
+    per_query_tok_s_avg: float | None
+    outside_next_share: float | None = None
+    complete: bool = True
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation between ranks; None when empty."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be in [0, 100], got {q}")
+    data = sorted(values)
+    if not data:
+        return None
+    rank = (len(data) - 1) * q / 100
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return data[lo] + (data[hi] - data[lo]) * (rank - lo)
+
+
+def throughput(output_tokens: int, wall_s: float) -> float:
+    """Aggregate tokens per second: all output tokens over the level's wall time."""
+    return output_tokens / wall_s if wall_s > 0 else 0.0
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(
+    system: str,
+    concurrency: int,
+    results: Sequence[QueryResult],
+    wall_s: float,
+    *,
+    queries: int | None = None,
+    outside_next_share: float | None = None,
+    complete: bool = True,
+) -> LevelSummary:
+    """Summarize one level; failed requests count as errors and add no tokens or timings."""
+    ok = [r for r in results if r.ok]
+    ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
+    decode = [v for v in (r.decode_tok_s for r in ok) if v is not None]
+    per_query = [v for v in (r.per_query_tok_s for r in ok) if v is not None]
+    out_tokens = sum(r.output_tokens for r in ok)
+    return LevelSummary(
+        system=system,
+        concurrency=concurrency,
+        queries=len(results) if queries is None else queries,
+        completed=len(ok),
+        errors=len(results) - len(ok),
+        wall_s=wall_s,
+        prompt_tokens=sum(r.prompt_tokens for r in ok),
+        output_tokens=out_tokens,
+        throughput_tok_s=throughput(out_tokens, wall_s),
+        ttft_avg_s=_mean(ttfts),
+        ttft_p50_s=percentile(ttfts, 50),
+        ttft_p95_s=percentile(ttfts, 95),
+        decode_tok_s_avg=_mean(decode),
+        per_query_tok_s_avg=_mean(per_query),
+        outside_next_share=outside_next_share,
+        complete=complete,
+    )

@@ -1,0 +1,51 @@
+"""The sweep as a picture: throughput, per-query speed and TTFT against concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .metrics import LevelSummary
+
+__all__ = ["plot_summaries"]
+
+
+def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) -> None:
+    """Write a three-panel PNG, one line per system, log-2 concurrency axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: never needs a display
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, str, Callable[[LevelSummary], float | None]]] = [
+        ("Aggregate throughput", "output tokens / s (all queries)", lambda s: s.throughput_tok_s),
+        ("Per-query speed", "output tokens / s (one query)", lambda s: s.per_query_tok_s_avg),
+        ("Time to first token (p50)", "TTFT (s)", lambda s: s.ttft_p50_s),
+    ]
+    systems = list(dict.fromkeys(s.system for s in summaries))
+    levels = sorted({s.concurrency for s in summaries})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True)
+    try:
+        for ax, (name, ylabel, value) in zip(axes, panels):
+            for system in systems:
+                pts = sorted(
+                    (s.concurrency, v)
+                    for s in summaries
+                    if s.system == system and (v := value(s)) is not None
+                )
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.plot(xs, ys, marker="o", label=system)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(levels, [str(c) for c in levels])
+            ax.set_xlabel("concurrency (requests in flight)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(name)
+            ax.set_ylim(bottom=0)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.suptitle(title)
+        with path.open("xb") as fh:  # never overwrite an earlier run's plot
+            fig.savefig(fh, format="png", dpi=110)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,100 @@
+"""Workload scenarios: how prompts become the queries of one level.
+
+``independent`` is built in; the prompt-cache work registers ``multiturn`` and
+``shared-prefix`` through :func:`register_scenario`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigurationError
+from .cache_workloads import build_multiturn, build_shared_prefix
+from .prompts import Prompt, select_prompts
+
+__all__ = ["Query", "Scenario", "get_scenario", "plan_levels", "register_scenario", "scenario_names"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request of a level: chat messages plus per-request options."""
+
+    id: str
+    messages: list[dict[str, str]]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A named way to turn a prompt set into ``n`` queries."""
+
+    name: str
+    description: str
+    build: Callable[[Sequence[Prompt], int], list[Query]]
+
+
+def _independent(prompts: Sequence[Prompt], n: int) -> list[Query]:
+    return [
+        Query(id=p.id, messages=[{"role": "user", "content": p.text}])
+        for p in select_prompts(prompts, n)
+    ]
+
+
+_SCENARIOS: dict[str, Scenario] = {
+    "independent": Scenario(
+        "independent", "distinct single-turn prompts, no shared state", _independent
+    ),
+    "multiturn": Scenario(
+        "multiturn",
+        "8-turn conversations growing to ~1,500 tokens, one prompt_cache_key each",
+        build_multiturn,
+    ),
+    "shared-prefix": Scenario(
+        "shared-prefix",
+        "distinct questions behind one ~1,000-token system prompt",
+        build_shared_prefix,
+    ),
+}
+
+
+def register_scenario(scenario: Scenario) -> None:
+    """Add (or replace) a scenario under its name."""
+    _SCENARIOS[scenario.name] = scenario
+
+
+def get_scenario(name: str) -> Scenario:
+    """The scenario registered under ``name``."""
+    try:
+        return _SCENARIOS[name]
+    except KeyError as exc:
+        raise ConfigurationError(
+            f"unknown scenario {name!r}; available: {', '.join(scenario_names())}",
+            setting="scenario",
+        ) from exc
+
+
+def scenario_names() -> list[str]:
+    """Registered scenario names, sorted."""
+    return sorted(_SCENARIOS)
+
+
+def plan_levels(
+    scenario: Scenario, prompts: Sequence[Prompt], queries: int, levels: Sequence[int]
+) -> dict[int, list[Query]]:
+    """The queries of each level: level k takes the next ``queries`` prompts of the set.
+
+    Levels use different prompts (wrapping around the set only when it runs out) so a server's
+    prompt cache cannot answer a later level from an earlier level's identical prompts; every
+    system gets the same prompts at the same level.
+    """
+    if not prompts:
+        raise ConfigurationError("the prompt set is empty", setting="prompts_file")
+    plan: dict[int, list[Query]] = {}
+    offset = 0
+    for level in levels:
+        start = offset % len(prompts)
+        plan[level] = scenario.build([*prompts[start:], *prompts[:start]], queries)
+        offset += queries
+    return plan

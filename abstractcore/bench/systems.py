@@ -1,0 +1,332 @@
+"""The systems a sweep measures: any provider, serialized mlx_lm.generate, mlx-lm's server."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..errors import ConfigurationError, GenerationCancelledError
+from ..factory import available_providers, canonical_name, create_llm
+from .config import ENGINE, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
+from .metrics import QueryResult
+from .scenarios import Query
+from .server import MLXLMServer
+from .threads import MLXThreads
+
+__all__ = ["MLXLMServerSystem", "ProviderSystem", "SerialMLXSystem", "System", "build_system"]
+
+_WARMUP = Query(id="warmup", messages=[{"role": "user", "content": "Say hello."}])
+
+
+class System(ABC):
+    """One backend under test: started once, warmed up, then driven level by level."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model / start the server; may take a while."""
+
+    @abstractmethod
+    async def run_query(
+        self, index: int, query: Query, params: GenParams, concurrency: int
+    ) -> QueryResult:
+        """Run one query and measure it; errors are recorded, never raised."""
+
+    async def warmup(self, params: GenParams) -> None:
+        """One unmeasured request so first-call costs stay out of the numbers."""
+        warm = GenParams(min(params.max_output_tokens, 8), params.temperature, params.seed)
+        result = await self.run_query(-1, _WARMUP, warm, 1)
+        if result.error:
+            raise RuntimeError(f"warm-up request failed: {result.error}")
+
+    def check(self) -> None:
+        """Cheap validation before anything starts (raises ConfigurationError)."""
+
+    def engine_stats(self) -> dict[str, Any] | None:
+        """The backend's own counters (``llm.stats()``) when it has them."""
+        return None
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release everything :meth:`start` acquired; safe to call twice."""
+
+    def kill(self) -> None:
+        """Last-resort synchronous cleanup (second Ctrl-C): stop child processes now."""
+
+
+class ProviderSystem(System):
+    """Any abstractcore provider, measured by streaming each query (``astream``)."""
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        super().__init__(name)
+        self._options = options
+        self._threads = MLXThreads(f"bench-{name}-load", 1)
+        self.llm: Any = None
+
+    async def start(self) -> None:
+        # Constructing a provider may load a model (MLX): off the loop, on a thread we reap.
+        await self._threads.run(self._build)
+
+    def _build(self) -> None:
+        self.llm = create_llm(**self._options)
+
+    def check(self) -> None:
+        """Resolve provider, model and profile settings now, so a typo fails before any load."""
+        from ..config import resolve_config
+
+        opts = dict(self._options)
+        cfg = resolve_config(opts.pop("provider", None), opts.pop("model", None),
+                             profile=opts.pop("profile", None), options=opts)  # fmt: skip
+        if canonical_name(cfg.provider) not in available_providers():
+            raise ConfigurationError(
+                f"unknown provider {cfg.provider!r}; available: {', '.join(available_providers())}",
+                setting="provider",
+            )
+
+    async def run_query(
+        self, index: int, query: Query, params: GenParams, concurrency: int
+    ) -> QueryResult:
+        kwargs: dict[str, Any] = {
+            "messages": query.messages,
+            "max_output_tokens": params.max_output_tokens,
+            "temperature": params.temperature,
+            **query.options,
+        }
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        start = time.perf_counter()
+        first: float | None = None
+        chunks = 0
+        usage: Any = None
+        finish: str | None = None
+        error: str | None = None
+        try:
+            stream: AsyncIterator[Any] = self.llm.astream(**kwargs)
+            async with _aclosing(stream):
+                async for chunk in stream:
+                    if chunk.content:
+                        chunks += 1
+                        if first is None:
+                            first = time.perf_counter()
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if chunk.finish_reason is not None:
+                        finish = chunk.finish_reason
+        except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, not a crash
+            error = _describe(exc)
+        end = time.perf_counter()
+        return QueryResult(
+            system=self.name,
+            concurrency=concurrency,
+            query_index=index,
+            prompt_id=query.id,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            # Without usage (a server that omits it) each content chunk is one token.
+            output_tokens=usage.completion_tokens if usage else chunks,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            ttft_s=None if first is None else first - start,
+            duration_s=end - start,
+            finish_reason=finish,
+            error=error,
+        )
+
+    def engine_stats(self) -> dict[str, Any] | None:
+        stats = getattr(self.llm, "stats", None)
+        if not callable(stats):
+            return None
+        value = stats()
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        elif hasattr(value, "__dataclass_fields__"):
+            import dataclasses
+
+            value = dataclasses.asdict(value)
+        return dict(value) if isinstance(value, dict) else None
+
+    async def close(self) -> None:
+        await self._threads.shutdown()  # a Ctrl-C during loading: let the load finish first
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            await llm.aclose()
+
+
+class SerialMLXSystem(System):
+    """What peers do: one lock around ``mlx_lm`` generation, called via ``asyncio.to_thread``.
+
+    ``mlx_lm.generate`` drains ``stream_generate``; calling the latter directly under the same
+    lock is the same work and lets us time the first token. The thread pool is our own (sized
+    like asyncio's default executor) only so that its MLX threads are reaped before exit.
+    """
+
+    def __init__(self, model: str) -> None:
+        super().__init__(SERIAL)
+        self._model_ref = model
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = MLXThreads("bench-serial")
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    async def start(self) -> None:
+        self._model, self._tokenizer = await self._threads.run(_load_mlx_lm, self._model_ref)
+
+    async def run_query(
+        self, index: int, query: Query, params: GenParams, concurrency: int
+    ) -> QueryResult:
+        start = time.perf_counter()
+        try:
+            out = await self._threads.run(self._generate_locked, query, params)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - a failed request is a measurement
+            out, error = {}, _describe(exc)
+        first = out.get("first")
+        return QueryResult(
+            system=self.name,
+            concurrency=concurrency,
+            query_index=index,
+            prompt_id=query.id,
+            prompt_tokens=out.get("prompt_tokens", 0),
+            output_tokens=out.get("output_tokens", 0),
+            ttft_s=None if first is None else first - start,
+            duration_s=out.get("end", time.perf_counter()) - start,
+            finish_reason=out.get("finish"),
+            error=error,
+        )
+
+    def _generate_locked(self, query: Query, params: GenParams) -> dict[str, Any]:
+        import mlx.core as mx
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        with self._lock:
+            if self._stop.is_set():
+                raise GenerationCancelledError("benchmark stopping")
+            prompt = self._tokenizer.apply_chat_template(query.messages, add_generation_prompt=True)
+            if params.seed is not None:
+                mx.random.seed(params.seed)
+            first: float | None = None
+            last: Any = None
+            for last in stream_generate(
+                self._model,
+                self._tokenizer,
+                prompt,
+                max_tokens=params.max_output_tokens,
+                sampler=make_sampler(temp=params.temperature),
+            ):
+                if first is None and last.text:
+                    first = time.perf_counter()
+                if self._stop.is_set():
+                    break
+            end = time.perf_counter()
+        if last is None:
+            return {"prompt_tokens": len(prompt), "output_tokens": 0, "end": end, "finish": "stop"}
+        finish = last.finish_reason or "cancelled"
+        # stream_generate counts the EOS token it stopped on; other systems do not.
+        tokens = last.generation_tokens - (1 if finish == "stop" else 0)
+        return {
+            "prompt_tokens": last.prompt_tokens,
+            "output_tokens": tokens,
+            "first": first,
+            "end": end,
+            "finish": finish,
+        }
+
+    async def close(self) -> None:
+        self._stop.set()
+        # In-flight generations stop within one token; then the worker threads are reaped.
+        await self._threads.shutdown()
+        self._model = self._tokenizer = None
+
+
+class MLXLMServerSystem(System):
+    """mlx-lm's own server on loopback, driven through the openai-compatible provider."""
+
+    def __init__(self, model: str, max_concurrency: int, start_timeout_s: float) -> None:
+        super().__init__(MLX_LM_SERVER)
+        self._server = MLXLMServer(model, max_concurrency, start_timeout_s)
+        self._client: ProviderSystem | None = None
+
+    async def start(self) -> None:
+        base_url = await self._server.start()
+        # "default_model" is the server's name for the model it was started with.
+        self._client = ProviderSystem(
+            self.name,
+            {"provider": "openai-compatible", "model": "default_model", "base_url": base_url},
+        )
+        await self._client.start()
+
+    async def run_query(
+        self, index: int, query: Query, params: GenParams, concurrency: int
+    ) -> QueryResult:
+        assert self._client is not None, "start() first"
+        return await self._client.run_query(index, query, params, concurrency)
+
+    async def close(self) -> None:
+        try:
+            if self._client is not None:
+                await self._client.close()
+        finally:
+            self._client = None
+            await self._server.stop()
+
+    def kill(self) -> None:
+        self._server.kill()
+
+
+def build_system(name: str, config: BenchConfig) -> System:
+    """The system called ``name`` in ``config`` (no loading happens here)."""
+    max_level = max(config.levels)
+    if name == SERIAL:
+        return SerialMLXSystem(config.model)
+    if name == MLX_LM_SERVER:
+        return MLXLMServerSystem(config.model, max_level, config.server_start_timeout_s)
+    if name == config.primary_name:
+        options: dict[str, Any] = {"provider": config.provider, "model": config.model}
+        if config.profile:
+            options = {"provider": None, "model": None, "profile": config.profile}
+        if config.base_url:
+            options["base_url"] = config.base_url
+        if config.provider == "mlx" and not config.profile:
+            # Every in-flight request of the highest level must fit in one batch.
+            options["max_batch_size"] = max(32, max_level)
+        return ProviderSystem(name, _drop_none(options))
+    if name == ENGINE:
+        return ProviderSystem(
+            name, {"provider": "mlx", "model": config.model, "max_batch_size": max(32, max_level)}
+        )
+    return ProviderSystem(name, {"profile": name})
+
+
+def _drop_none(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _load_mlx_lm(model_ref: str) -> tuple[Any, Any]:
+    from ..providers.mlx.loading import preload_blas, resolve_model_path
+
+    preload_blas()
+    from mlx_lm import load
+
+    model, tokenizer = load(str(resolve_model_path(model_ref)))[:2]
+    return model, tokenizer
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+@contextlib.asynccontextmanager
+async def _aclosing(stream: Any) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
