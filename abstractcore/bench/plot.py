@@ -17,21 +17,32 @@ def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) ->
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt
 
-    panels: list[tuple[str, str, Callable[[LevelSummary], float | None]]] = [
-        ("Aggregate throughput", "output tokens / s (all queries)", lambda s: s.throughput_tok_s),
-        ("Per-query speed", "output tokens / s (one query)", lambda s: s.per_query_tok_s_avg),
-        ("Time to first token (p50)", "TTFT (s)", lambda s: s.ttft_p50_s),
+    # (title, y label, value, log y): TTFT spans seconds to minutes (a serialized queue).
+    panels: list[tuple[str, str, Callable[[LevelSummary], float | None], bool]] = [
+        (
+            "Aggregate throughput",
+            "output tokens / s (all queries)",
+            lambda s: s.throughput_tok_s,
+            False,
+        ),
+        (
+            "Per-query speed",
+            "output tokens / s (one query)",
+            lambda s: s.per_query_tok_s_avg,
+            False,
+        ),
+        ("Time to first token (p50)", "TTFT (s, log scale)", lambda s: s.ttft_p50_s, True),
     ]
     systems = list(dict.fromkeys(s.system for s in summaries))
     levels = sorted({s.concurrency for s in summaries})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True)
     try:
-        for ax, (name, ylabel, value) in zip(axes, panels):
+        for ax, (name, ylabel, value, log_y) in zip(axes, panels):
             for system in systems:
                 pts = sorted(
                     (s.concurrency, v)
                     for s in summaries
-                    if s.system == system and (v := value(s)) is not None
+                    if s.system == system and (v := value(s)) is not None and (v > 0 or not log_y)
                 )
                 if pts:
                     xs, ys = zip(*pts)
@@ -41,8 +52,11 @@ def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) ->
             ax.set_xlabel("concurrency (requests in flight)")
             ax.set_ylabel(ylabel)
             ax.set_title(name)
-            ax.set_ylim(bottom=0)
-            ax.grid(True, alpha=0.3)
+            if log_y:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
+            ax.grid(True, which="both" if log_y else "major", alpha=0.3)
             ax.legend()
         fig.suptitle(title)
         with path.open("xb") as fh:  # never overwrite an earlier run's plot
