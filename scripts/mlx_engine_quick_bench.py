@@ -87,7 +87,7 @@ async def _level(llm: Any, prompts: list[str], concurrency: int, max_tokens: int
 def main() -> None:
     """Run the single-stream comparison and the levels; print JSON rows and a summary."""
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--levels", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--levels", type=int, nargs="*", default=[8, 32])
     ap.add_argument("--queries", type=int, default=32)
     ap.add_argument("--single-queries", type=int, default=6, help="prompts at concurrency 1")
     ap.add_argument("--max-output-tokens", type=int, default=64)

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import AbstractCoreError, ConfigurationError
-from .config import DEFAULT_OUT_DIR, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
+from .config import (
+    DEFAULT_OUT_DIR,
+    ENGINE,
+    ENGINE_STREAM,
+    INTERLEAVED,
+    MLX_LM_SERVER,
+    ORDERS,
+    SERIAL,
+    BenchConfig,
+    GenParams,
+)
 from .progress import make_progress
 from .prompts import default_prompts_file, load_prompts
 from .report import (
@@ -122,12 +132,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compare", nargs="*", metavar="SYSTEM",
-        help=f"also measure: {SERIAL}, {MLX_LM_SERVER}, engine, or a profile name",
+        help=f"also measure: {SERIAL}, {MLX_LM_SERVER}, {ENGINE}, {ENGINE_STREAM}, "
+        "or a profile name",
     )  # fmt: skip
     p.add_argument("--scenario", default="independent", help="workload (default: independent)")
     p.add_argument(
         "--quick", action="store_true",
         help="32 prompts x 64 tokens, greedy, concurrency 1 8 32; engine, serial, mlx-lm-server",
+    )  # fmt: skip
+    p.add_argument(
+        "--order", choices=ORDERS, default=INTERLEAVED,
+        help="interleaved (default): all systems loaded, each level run in rounds that "
+        "alternate the systems, so they are compared under the same machine load; "
+        "sequential: one system (one model in memory) at a time",
     )  # fmt: skip
     p.add_argument(
         "--server-start-timeout", type=_float_at_least(0.0, strict=True), default=180.0,
@@ -173,6 +190,7 @@ def parse_config(
         out_dir=args.out_dir,
         quick=args.quick,
         server_start_timeout_s=args.server_start_timeout,
+        order=args.order,
     )
 
 

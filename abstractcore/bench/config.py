@@ -5,14 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEFAULT_OUT_DIR", "ENGINE", "MLX_LM_SERVER", "SERIAL", "BenchConfig", "GenParams"]
+__all__ = [
+    "DEFAULT_OUT_DIR",
+    "ENGINE",
+    "ENGINE_STREAM",
+    "INTERLEAVED",
+    "MLX_LM_SERVER",
+    "ORDERS",
+    "SEQUENTIAL",
+    "SERIAL",
+    "BenchConfig",
+    "GenParams",
+]
 
 DEFAULT_OUT_DIR = Path("test_results") / "mlx_concurrency"
 
 # Names of the built-in systems; any other --compare name is a configured profile.
-ENGINE = "engine"
+ENGINE = "engine"  # the MLX provider through agenerate(), as an app awaits answers
+ENGINE_STREAM = "engine-stream"  # the same provider through astream(), token by token
 SERIAL = "serial"
 MLX_LM_SERVER = "mlx-lm-server"
+
+# How systems take turns (runner.py): level by level in rotating rounds, or one after another.
+INTERLEAVED = "interleaved"
+SEQUENTIAL = "sequential"
+ORDERS = (INTERLEAVED, SEQUENTIAL)
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class BenchConfig:
     out_dir: Path = DEFAULT_OUT_DIR
     quick: bool = False
     server_start_timeout_s: float = 180.0
+    order: str = INTERLEAVED
 
     @property
     def primary_name(self) -> str:

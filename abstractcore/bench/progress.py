@@ -13,12 +13,18 @@ __all__ = ["LogProgress", "Progress", "RichProgress", "make_progress"]
 
 
 class Progress:
-    """Receives sweep events; the base class prints nothing but tracks the running level."""
+    """Receives sweep events; the base class prints nothing but tracks the running round.
+
+    A level may run in rounds (the interleaved order runs every system's round 1, then every
+    system's round 2, ...); the counters here belong to the round that is running now.
+    """
 
     def __init__(self) -> None:
         self.system = ""
         self.concurrency = 0
         self.total = 0
+        self.round_index = 0
+        self.rounds = 1
         self.done = 0
         self.errors = 0
         self.tokens = 0
@@ -27,31 +33,44 @@ class Progress:
     def message(self, text: str) -> None:
         """A free-form status line (system starting, warm-up, failures)."""
 
-    def level_started(self, system: str, concurrency: int, total: int) -> None:
-        """A level begins: ``total`` queries at ``concurrency`` in flight."""
+    def level_started(
+        self, system: str, concurrency: int, total: int, *, round_index: int = 0, rounds: int = 1
+    ) -> None:
+        """A level (or round ``round_index`` of ``rounds``) begins: ``total`` queries at
+        ``concurrency`` in flight."""
         self.system, self.concurrency, self.total = system, concurrency, total
+        self.round_index, self.rounds = round_index, rounds
         self.done = self.errors = self.tokens = 0
         self.started = time.perf_counter()
 
     def query_done(self, result: QueryResult) -> None:
-        """One query of the running level finished."""
+        """One query of the running round finished."""
         self.done += 1
         self.errors += 0 if result.ok else 1
         self.tokens += result.output_tokens if result.ok else 0
 
+    def round_done(self) -> None:
+        """The running round ended (only called when a level has more than one round)."""
+
     def level_done(self, summary: LevelSummary) -> None:
-        """The running level ended (or was cut short)."""
+        """A system finished a level (every round of it), or was cut short."""
 
     def close(self) -> None:
         """Stop any display or timer."""
 
+    @property
+    def label(self) -> str:
+        """``[system c=N]``, plus ``round i/k`` when the level runs in rounds."""
+        part = f" round {self.round_index + 1}/{self.rounds}" if self.rounds > 1 else ""
+        return f"[{self.system} c={self.concurrency}]{part}"
+
     def status_line(self) -> str:
-        """One line describing the running level so far."""
+        """One line describing the running round so far."""
         elapsed = time.perf_counter() - self.started
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         err = f", {self.errors} errors" if self.errors else ""
         return (
-            f"[{self.system} c={self.concurrency}] {self.done}/{self.total} queries, "
+            f"{self.label} {self.done}/{self.total} queries, "
             f"{self.tokens} tokens, {rate:.1f} tok/s, {elapsed:.1f} s{err}"
         )
 
@@ -71,9 +90,12 @@ class LogProgress(Progress):
     def message(self, text: str) -> None:
         self._print(text)
 
-    def level_started(self, system: str, concurrency: int, total: int) -> None:
-        super().level_started(system, concurrency, total)
-        self._print(f"[{system} c={concurrency}] level started: {total} queries")
+    def level_started(
+        self, system: str, concurrency: int, total: int, *, round_index: int = 0, rounds: int = 1
+    ) -> None:
+        super().level_started(system, concurrency, total, round_index=round_index, rounds=rounds)
+        what = "level started" if rounds == 1 else "started"
+        self._print(f"{self.label} {what}: {total} queries")
         self._stop_ticker()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
@@ -81,6 +103,14 @@ class LogProgress(Progress):
         while True:
             await asyncio.sleep(self.interval_s)
             self._print(self.status_line())
+
+    def round_done(self) -> None:
+        self._stop_ticker()
+        elapsed = time.perf_counter() - self.started
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        self._print(
+            f"{self.label} done: {self.done}/{self.total} queries, {rate:.1f} tok/s, {elapsed:.1f} s"
+        )
 
     def level_done(self, summary: LevelSummary) -> None:
         self._stop_ticker()
@@ -125,9 +155,12 @@ class RichProgress(Progress):
     def message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)
 
-    def level_started(self, system: str, concurrency: int, total: int) -> None:
-        super().level_started(system, concurrency, total)
-        self._task = self._bar.add_task(f"{system} c={concurrency}", total=total, rate="")
+    def level_started(
+        self, system: str, concurrency: int, total: int, *, round_index: int = 0, rounds: int = 1
+    ) -> None:
+        super().level_started(system, concurrency, total, round_index=round_index, rounds=rounds)
+        self._finish_task()
+        self._task = self._bar.add_task(self.label.strip("[]"), total=total, rate="")
 
     def query_done(self, result: QueryResult) -> None:
         super().query_done(result)
@@ -136,14 +169,18 @@ class RichProgress(Progress):
             rate = f"{self.tokens / elapsed:.1f} tok/s" if elapsed > 0 else ""
             self._bar.update(self._task, advance=1, rate=rate)
 
-    def level_done(self, summary: LevelSummary) -> None:
+    def _finish_task(self) -> None:
         if self._task is not None:
-            rate = f"{summary.throughput_tok_s:.1f} tok/s"
-            if not summary.complete:
-                rate += " (interrupted)"
-            self._bar.update(self._task, rate=rate)
             self._bar.stop_task(self._task)
             self._task = None
+
+    def level_done(self, summary: LevelSummary) -> None:
+        self._finish_task()
+        state = "" if summary.complete else " (interrupted)"
+        self.message(
+            f"[{summary.system} c={summary.concurrency}] {summary.completed}/{summary.queries} "
+            f"queries, {summary.throughput_tok_s:.1f} tok/s{state}"
+        )
 
     def close(self) -> None:
         self._bar.stop()

@@ -1,4 +1,12 @@
-"""The sweep: for each system, for each concurrency level, keep exactly N queries in flight."""
+"""The sweep: for each concurrency level, keep exactly N queries in flight on every system.
+
+Two orders. ``interleaved`` (the default) starts every system first, then runs each level in
+rounds and rotates which system goes first, so the systems compared at a level are measured
+seconds apart rather than minutes apart: on a shared or thermally throttled machine the
+background load drifts by 5-10% over minutes, which is larger than the differences being
+measured. ``sequential`` runs one system at a time (all its levels, then the next system),
+holding one model in memory at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ConfigurationError
 from .config import BenchConfig, GenParams
@@ -15,7 +23,23 @@ from .progress import Progress
 from .scenarios import Query
 from .systems import System
 
-__all__ = ["SweepResult", "outside_next_share", "run_level", "run_sweep"]
+__all__ = [
+    "QUERIES_PER_WORKER_PER_ROUND",
+    "RoundResult",
+    "SweepResult",
+    "outside_next_share",
+    "run_level",
+    "run_round",
+    "run_sweep",
+    "split_rounds",
+    "summarize_rounds",
+]
+
+#: A level is cut into rounds of at least this many queries per in-flight slot, so the tail
+#: of each round (slots idling while the last queries finish) stays a small share of it.
+QUERIES_PER_WORKER_PER_ROUND = 8
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,18 +52,51 @@ class SweepResult:
     interrupted: bool = False
 
 
-async def run_level(
+@dataclass
+class RoundResult:
+    """One system's run of one slice of a level's queries."""
+
+    results: list[QueryResult]
+    wall_s: float
+    in_next_s: float | None  # seconds the MLX engine spent inside BatchGenerator.next()
+    complete: bool
+
+
+def split_rounds(
+    queries: Sequence[T], concurrency: int, per_worker: int = QUERIES_PER_WORKER_PER_ROUND
+) -> list[list[T]]:
+    """Cut a level into consecutive rounds of at least ``per_worker * concurrency`` queries.
+
+    Levels too small to split stay one round (high concurrency levels always do: splitting
+    them would measure ramp-up and drain instead of a full batch).
+    """
+    n = max(1, len(queries) // (per_worker * concurrency))
+    size, extra = divmod(len(queries), n)
+    rounds, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        rounds.append(list(queries[start:end]))
+        start = end
+    return rounds
+
+
+async def run_round(
     system: System,
     queries: Sequence[Query],
     concurrency: int,
     params: GenParams,
     result: SweepResult,
     progress: Progress,
-) -> LevelSummary:
+    into: list[RoundResult],
+    *,
+    round_index: int = 0,
+    rounds: int = 1,
+) -> RoundResult:
     """Run ``queries`` through ``system`` with a fixed pool of ``concurrency`` workers.
 
     Each worker takes the next query as soon as its previous one ends, so exactly
-    ``concurrency`` requests are in flight until the queue drains.
+    ``concurrency`` requests are in flight until the queue drains. The round is appended to
+    ``into`` even when it is cancelled part-way (its ``complete`` is then False).
     """
     pending = iter(enumerate(queries))
     done: list[QueryResult] = []
@@ -51,7 +108,9 @@ async def run_level(
             result.queries.append(r)
             progress.query_done(r)
 
-    progress.level_started(system.name, concurrency, len(queries))
+    progress.level_started(
+        system.name, concurrency, len(queries), round_index=round_index, rounds=rounds
+    )
     before = system.engine_stats()
     start = time.perf_counter()
     tasks = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(queries)))]
@@ -64,11 +123,46 @@ async def run_level(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        share = outside_next_share(before, system.engine_stats(), wall) if complete else None
-        summary = summarize(
-            system.name, concurrency, done, wall,
-            queries=len(queries), outside_next_share=share, complete=complete,
-        )  # fmt: skip
+        in_next = _time_in_next(before, system.engine_stats()) if complete else None
+        into.append(RoundResult(done, wall, in_next, complete))
+        if rounds > 1 and complete:
+            progress.round_done()
+    return into[-1]
+
+
+def summarize_rounds(
+    system: str, concurrency: int, rounds: Sequence[RoundResult], queries: int
+) -> LevelSummary:
+    """One level's summary from its rounds: their walls add up, their queries pool.
+
+    It is complete when every round finished and together they ran all ``queries``.
+    """
+    results = [q for r in rounds for q in r.results]
+    wall = sum(r.wall_s for r in rounds)
+    in_next = [r.in_next_s for r in rounds]
+    share = None
+    if rounds and wall > 0 and all(x is not None for x in in_next):
+        share = max(0.0, min(1.0, 1.0 - sum(x for x in in_next if x is not None) / wall))
+    return summarize(
+        system, concurrency, results, wall, queries=queries, outside_next_share=share,
+        complete=all(r.complete for r in rounds) and len(results) == queries,
+    )  # fmt: skip
+
+
+async def run_level(
+    system: System,
+    queries: Sequence[Query],
+    concurrency: int,
+    params: GenParams,
+    result: SweepResult,
+    progress: Progress,
+) -> LevelSummary:
+    """One system, one level, one round; the summary is appended to ``result``."""
+    rounds: list[RoundResult] = []
+    try:
+        await run_round(system, queries, concurrency, params, result, progress, rounds)
+    finally:
+        summary = summarize_rounds(system.name, concurrency, rounds, len(queries))
         result.summaries.append(summary)
         progress.level_done(summary)
     return summary
@@ -78,16 +172,23 @@ async def run_level(
 _NEXT_TIME_KEY = "time_in_next_s"
 
 
-def outside_next_share(
-    before: dict[str, Any] | None, after: dict[str, Any] | None, wall_s: float
-) -> float | None:
-    """Share of the level's wall time the engine spent outside ``BatchGenerator.next()``."""
-    if not before or not after or wall_s <= 0:
+def _time_in_next(before: dict[str, Any] | None, after: dict[str, Any] | None) -> float | None:
+    if not before or not after:
         return None
     a, b = before.get(_NEXT_TIME_KEY), after.get(_NEXT_TIME_KEY)
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return None
-    return max(0.0, min(1.0, 1.0 - (b - a) / wall_s))
+    return float(b - a)
+
+
+def outside_next_share(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, wall_s: float
+) -> float | None:
+    """Share of the level's wall time the engine spent outside ``BatchGenerator.next()``."""
+    in_next = _time_in_next(before, after)
+    if in_next is None or wall_s <= 0:
+        return None
+    return max(0.0, min(1.0, 1.0 - in_next / wall_s))
 
 
 async def run_sweep(
@@ -97,27 +198,80 @@ async def run_sweep(
     progress: Progress,
     result: SweepResult,
 ) -> SweepResult:
-    """Start, warm up and sweep each system in turn; always close what was started.
+    """Measure every system at every level, in ``config.order``; always close what started.
 
     A system that fails to start is recorded in ``result.failures`` and skipped; a
     configuration error stops the sweep.
     """
-    for system in systems:
-        progress.message(f"[{system.name}] starting")
-        try:
+    if config.order == "sequential" or len(systems) < 2:
+        for system in systems:
             try:
-                t0 = time.perf_counter()
-                await system.start()
-                await system.warmup(config.params)
-                progress.message(f"[{system.name}] ready in {time.perf_counter() - t0:.1f} s")
-            except ConfigurationError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported; the other systems still run
-                result.failures[system.name] = f"{type(exc).__name__}: {exc}"
-                progress.message(f"[{system.name}] failed to start: {type(exc).__name__}: {exc}")
-                continue
-            for level in config.levels:
-                await run_level(system, plan[level], level, config.params, result, progress)
-        finally:
+                if await _start(system, config, progress, result):
+                    for level in config.levels:
+                        await run_level(system, plan[level], level, config.params, result, progress)
+            finally:
+                await system.close()
+        return result
+    live: list[System] = []
+    try:
+        for system in systems:
+            live.append(system)  # closed in `finally` even when its start fails half-way
+            if not await _start(system, config, progress, result):
+                live.remove(system)
+                await system.close()
+        for i, level in enumerate(config.levels):
+            await _interleaved_level(live, i, level, plan[level], config, progress, result)
+    finally:
+        for system in live:
             await system.close()
     return result
+
+
+async def _start(
+    system: System, config: BenchConfig, progress: Progress, result: SweepResult
+) -> bool:
+    """Start and warm up ``system``; False (failure recorded) when it cannot run."""
+    progress.message(f"[{system.name}] starting")
+    try:
+        t0 = time.perf_counter()
+        await system.start()
+        await system.warmup(config.params)
+        progress.message(f"[{system.name}] ready in {time.perf_counter() - t0:.1f} s")
+        return True
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported; the other systems still run
+        result.failures[system.name] = f"{type(exc).__name__}: {exc}"
+        progress.message(f"[{system.name}] failed to start: {type(exc).__name__}: {exc}")
+        return False
+
+
+async def _interleaved_level(
+    systems: Sequence[System],
+    level_index: int,
+    level: int,
+    queries: Sequence[Query],
+    config: BenchConfig,
+    progress: Progress,
+    result: SweepResult,
+) -> None:
+    """Every system runs each round of the level in turn; the first system rotates."""
+    rounds = split_rounds(queries, level)
+    done: dict[str, list[RoundResult]] = {s.name: [] for s in systems}
+    try:
+        for r, chunk in enumerate(rounds):
+            k = (level_index + r) % len(systems)
+            for system in [*systems[k:], *systems[:k]]:
+                await run_round(
+                    system, chunk, level, config.params, result, progress, done[system.name],
+                    round_index=r, rounds=len(rounds),
+                )  # fmt: skip
+    finally:
+        order = {s.name: i for i, s in enumerate(systems)}
+        for system in systems:
+            if done[system.name]:
+                summary = summarize_rounds(system.name, level, done[system.name], len(queries))
+                result.summaries.append(summary)
+                progress.level_done(summary)
+        # Tables and CSVs list each system's levels together, whatever order they ran in.
+        result.summaries.sort(key=lambda s: (order.get(s.system, len(order)), s.concurrency))

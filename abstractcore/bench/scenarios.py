@@ -14,7 +14,14 @@ from ..errors import ConfigurationError
 from .cache_workloads import build_multiturn, build_shared_prefix
 from .prompts import Prompt, select_prompts
 
-__all__ = ["Query", "Scenario", "get_scenario", "plan_levels", "register_scenario", "scenario_names"]
+__all__ = [
+    "Query",
+    "Scenario",
+    "get_scenario",
+    "plan_levels",
+    "register_scenario",
+    "scenario_names",
+]
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,19 @@ from .threads import MLXThreads
 
 __all__ = ["MLXLMServer", "free_port"]
 
-# Same BLAS as our engine (design.md section 6), then mlx-lm's own CLI entry point.
+# Same BLAS as our engine (design.md section 6), then mlx-lm's own CLI entry point. On Linux
+# the child first asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG = 1), so
+# a benchmark killed with SIGKILL, which runs no cleanup, does not leave the server running;
+# the parent-pid check closes the race where the parent died before the prctl call.
 _BOOT = (
-    "from abstractcore.providers.mlx.blas import preload_blas; preload_blas(); "
-    "from mlx_lm.server import main; main()"
+    "import os, sys\n"
+    "if sys.platform.startswith('linux'):\n"
+    "    import ctypes, signal\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)\n"
+    "    if os.getppid() != int(os.environ['ABSTRACTCORE_BENCH_PARENT']):\n"
+    "        sys.exit(1)\n"
+    "from abstractcore.providers.mlx.blas import preload_blas; preload_blas()\n"
+    "from mlx_lm.server import main; main()\n"
 )
 
 
@@ -69,6 +78,7 @@ class MLXLMServer:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, "ABSTRACTCORE_BENCH_PARENT": str(os.getpid())},
             )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         await self._wait_ready(base)

@@ -7,11 +7,12 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigurationError, GenerationCancelledError
 from ..factory import available_providers, canonical_name, create_llm
-from .config import ENGINE, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
+from .config import ENGINE, ENGINE_STREAM, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
 from .metrics import QueryResult
 from .scenarios import Query
 from .server import MLXLMServer
@@ -61,11 +62,19 @@ class System(ABC):
 
 
 class ProviderSystem(System):
-    """Any abstractcore provider, measured by streaming each query (``astream``)."""
+    """Any abstractcore provider, one query per ``astream`` (or ``agenerate``) call.
 
-    def __init__(self, name: str, options: dict[str, Any]) -> None:
+    Streaming measures TTFT where a client sees it: the first content chunk. With
+    ``stream=False`` each query is one ``agenerate`` call, the way an app awaits answers under
+    ``asyncio.gather``; its TTFT is the call's duration minus the provider's own time from
+    first token to end (``response.timing``; both are this process's ``perf_counter``). A
+    provider that reports no timing then has no TTFT.
+    """
+
+    def __init__(self, name: str, options: dict[str, Any], *, stream: bool = True) -> None:
         super().__init__(name)
         self._options = options
+        self.stream = stream
         self._threads = MLXThreads(f"bench-{name}-load", 1)
         self.llm: Any = None
 
@@ -101,26 +110,15 @@ class ProviderSystem(System):
         if params.seed is not None:
             kwargs["seed"] = params.seed
         start = time.perf_counter()
-        first: float | None = None
-        chunks = 0
-        usage: Any = None
-        finish: str | None = None
-        error: str | None = None
+        out = _Outcome()
         try:
-            stream: AsyncIterator[Any] = self.llm.astream(**kwargs)
-            async with _aclosing(stream):
-                async for chunk in stream:
-                    if chunk.content:
-                        chunks += 1
-                        if first is None:
-                            first = time.perf_counter()
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    if chunk.finish_reason is not None:
-                        finish = chunk.finish_reason
+            await (self._stream(kwargs, out) if self.stream else self._generate(kwargs, out))
         except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, not a crash
-            error = _describe(exc)
+            out.error = _describe(exc)
         end = time.perf_counter()
+        if out.first is None and out.first_to_end_s is not None:
+            out.first = max(start, end - out.first_to_end_s)
+        usage = out.usage
         return QueryResult(
             system=self.name,
             concurrency=concurrency,
@@ -128,13 +126,34 @@ class ProviderSystem(System):
             prompt_id=query.id,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             # Without usage (a server that omits it) each content chunk is one token.
-            output_tokens=usage.completion_tokens if usage else chunks,
+            output_tokens=usage.completion_tokens if usage else out.chunks,
             cached_tokens=usage.cached_tokens if usage else 0,
-            ttft_s=None if first is None else first - start,
+            ttft_s=None if out.first is None else out.first - start,
             duration_s=end - start,
-            finish_reason=finish,
-            error=error,
+            finish_reason=out.finish,
+            error=out.error,
         )
+
+    async def _stream(self, kwargs: dict[str, Any], out: _Outcome) -> None:
+        stream: AsyncIterator[Any] = self.llm.astream(**kwargs)
+        async with _aclosing(stream):
+            async for chunk in stream:
+                if chunk.content:
+                    out.chunks += 1
+                    if out.first is None:
+                        out.first = time.perf_counter()
+                if chunk.usage is not None:
+                    out.usage = chunk.usage
+                if chunk.finish_reason is not None:
+                    out.finish = chunk.finish_reason
+
+    async def _generate(self, kwargs: dict[str, Any], out: _Outcome) -> None:
+        response = await self.llm.agenerate(**kwargs)
+        out.usage, out.finish = response.usage, response.finish_reason
+        out.chunks = 1 if response.content else 0
+        timing = response.timing
+        if timing.ttft_s is not None and timing.total_s is not None:
+            out.first_to_end_s = max(0.0, timing.total_s - timing.ttft_s)
 
     def engine_stats(self) -> dict[str, Any] | None:
         stats = getattr(self.llm, "stats", None)
@@ -292,14 +311,16 @@ def build_system(name: str, config: BenchConfig) -> System:
             options = {"provider": None, "model": None, "profile": config.profile}
         if config.base_url:
             options["base_url"] = config.base_url
-        if config.provider == "mlx" and not config.profile:
+        embedded = config.provider == "mlx" and not config.profile
+        if embedded:
             # Every in-flight request of the highest level must fit in one batch.
             options["max_batch_size"] = max(32, max_level)
-        return ProviderSystem(name, _drop_none(options))
-    if name == ENGINE:
-        return ProviderSystem(
-            name, {"provider": "mlx", "model": config.model, "max_batch_size": max(32, max_level)}
-        )
+        # The in-process engine is awaited the way an app awaits it (issue 3's measurement);
+        # HTTP providers stream, since only the first chunk on the wire shows their TTFT.
+        return ProviderSystem(name, _drop_none(options), stream=not embedded)
+    if name in (ENGINE, ENGINE_STREAM):
+        options = {"provider": "mlx", "model": config.model, "max_batch_size": max(32, max_level)}
+        return ProviderSystem(name, options, stream=name == ENGINE_STREAM)
     return ProviderSystem(name, {"profile": name})
 
 
@@ -315,6 +336,18 @@ def _load_mlx_lm(model_ref: str) -> tuple[Any, Any]:
 
     model, tokenizer = load(str(resolve_model_path(model_ref)))[:2]
     return model, tokenizer
+
+
+@dataclass
+class _Outcome:
+    """What one query produced, filled in as it runs (a failure keeps what came before)."""
+
+    usage: Any = None
+    finish: str | None = None
+    error: str | None = None
+    chunks: int = 0
+    first: float | None = None  # perf_counter() at the first content chunk (streaming)
+    first_to_end_s: float | None = None  # provider-measured first token -> end (agenerate)
 
 
 def _describe(exc: BaseException) -> str:

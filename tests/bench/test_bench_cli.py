@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -86,7 +87,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
 @pytest.mark.slow
 def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
     proc = subprocess.run(
-        _cli(*TINY, "--compare", "serial", "--out-dir", str(tmp_path), "--progress-interval", "1"),
+        _cli(*TINY, "--compare", "serial", "engine-stream", "--out-dir", str(tmp_path),
+             "--progress-interval", "1"),
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -101,6 +103,8 @@ def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
         ("engine", "2"),
         ("serial", "1"),
         ("serial", "2"),
+        ("engine-stream", "1"),
+        ("engine-stream", "2"),
     ]
     for r in rows:
         assert (r["completed"], r["errors"], r["complete"]) == ("4", "0", "true")
@@ -110,11 +114,13 @@ def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
 
     queries = _read_csv(_one(tmp_path, "queries.csv"))
     assert queries[0] == QUERY_COLUMNS
-    assert len(queries) - 1 == 2 * 2 * 4  # systems x levels x queries
+    assert len(queries) - 1 == 3 * 2 * 4  # systems x levels x queries
     by_run: dict[tuple[str, str], set[str]] = {}
     for q in (dict(zip(queries[0], r)) for r in queries[1:]):
         assert q["error"] == "" and int(q["prompt_tokens"]) > 10
         assert 1 <= int(q["output_tokens"]) <= 4 and q["finish_reason"] in ("length", "stop")
+        # agenerate (engine) and astream (engine-stream) both time the first token in the call
+        assert 0 < float(q["ttft_s"]) <= float(q["duration_s"])
         by_run.setdefault((q["system"], q["concurrency"]), set()).add(q["prompt_id"])
     # same prompts for every system at a level; a fresh set of 4 at the next level
     assert by_run[("engine", "1")] == by_run[("serial", "1")] and len(by_run[("engine", "1")]) == 4
@@ -130,8 +136,9 @@ def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
         img.verify()
         assert img.size[0] > 1000
 
-    assert "| system | conc | queries |" in proc.stdout
-    assert "| engine |    1 |     4/4 |" in proc.stdout
+    # the system column is as wide as its longest name ("engine-stream")
+    assert re.search(r"\| system +\| conc \| queries \|", proc.stdout)
+    assert re.search(r"\| engine +\|    1 \|     4/4 \|", proc.stdout)
     assert "engine/serial" in proc.stdout
 
 
@@ -204,3 +211,47 @@ def test_sigint_writes_partial_results_and_stops_the_server(tmp_path: Path) -> N
     queries = _read_csv(_one(tmp_path, "queries.csv"))
     assert sum(1 for r in queries[1:] if r[0] == "engine") == 4
     assert _one(tmp_path, "plot.png").stat().st_size > 0
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs: a zombie waiting to be reaped counts as gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.mlx
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_of_the_benchmark_still_stops_the_server(tmp_path: Path) -> None:
+    # SIGKILL runs no cleanup at all: only the kernel's parent-death signal can stop the child.
+    args = ["--queries", "2", "--concurrency-levels", "1", "--max-output-tokens", "64"]
+    proc = subprocess.Popen(
+        _cli(*args, "--compare", "mlx-lm-server", "--out-dir", str(tmp_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    servers: list[int] = []
+    try:
+        # Interleaved order starts every system before the first level: the server is up.
+        _wait_for_line(proc, "level started", timeout=240)
+        servers = [
+            k
+            for k in _children(proc.pid)
+            if b"mlx_lm.server" in Path(f"/proc/{k}/cmdline").read_bytes()
+        ]
+        assert servers, "mlx-lm's server should be a running child now"
+        proc.kill()
+        proc.communicate(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in servers), "the server outlived a SIGKILLed run"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for pid in servers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
