@@ -37,6 +37,7 @@ class _Lease:
     state: RequestState
     hit: Hit | None
     kv: int  # prompt tokens in the request's KV cache so far
+    base: int  # of those, the ones it had when it was inserted (prefill progress counts on)
 
 
 @dataclass(eq=False, slots=True)
@@ -137,7 +138,14 @@ class CacheScheduler:
         if hit is not None:
             hit.cache = []  # the generator holds it until merged; then its arrays are freed
         if self.store.enabled:
-            self._leases[uid] = _Lease(state, hit, n)
+            self._leases[uid] = _Lease(state, hit, n, n)
+
+    def moved(self, old_uid: int, new_uid: int, *, kv: int) -> None:
+        """A solo request entered the BatchGenerator as ``new_uid`` holding ``kv`` tokens."""
+        lease = self._leases.pop(old_uid, None)
+        if lease is not None:
+            lease.kv = lease.base = kv
+            self._leases[new_uid] = lease
 
     def release(self, hits: Sequence[Hit | None]) -> None:
         """Hits checked out for an insert that failed."""
@@ -151,7 +159,7 @@ class CacheScheduler:
         for r in prompt_responses:
             lease = leases.get(r.uid)
             if lease is not None:
-                lease.kv = (0 if lease.hit is None else lease.hit.n) + int(r.progress[0])
+                lease.kv = lease.base + int(r.progress[0])
         if self._forks:
             for lead in [s for s, f in self._forks.items() if self._kv(s) >= f.need]:
                 self._land(gen, lead)

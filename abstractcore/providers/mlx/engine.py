@@ -6,6 +6,10 @@ with it through an inbox (``submit``/``cancel``) and per-request sinks. Each loo
 drains the inbox, drops cancelled and expired requests, admits waiting ones up to
 ``max_batch_size``, calls ``BatchGenerator.next()`` once and routes every token to its
 request (streaming detokenizer, stop strings, EOS, max tokens). Idle, it blocks on the inbox.
+
+A request that arrives at an idle engine runs solo (solo.py: no batch bookkeeping, ~2%
+faster per token); the next arrival hands it over to the BatchGenerator mid-flight, where it
+continues from the same KV cache.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import gc
+import itertools
 import logging
 import os
 import queue
@@ -39,6 +44,7 @@ from .requests import (
     StopMatcher,
     put_threadsafe,
 )
+from .solo import SoloDecode
 
 __all__ = ["EngineClosedError", "MLXEngine"]
 
@@ -66,6 +72,7 @@ class MLXEngine:
         prompt_cache_bytes: int | None = None,
         prefix_cache: bool = True,
         share_prefix_across_keys: bool = False,
+        solo_decode: bool = True,
         name: str = "abstractcore-mlx-engine",
     ) -> None:
         self.model_path = Path(model_path)
@@ -74,6 +81,9 @@ class MLXEngine:
         self.prefill_step_size = prefill_step_size
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
+        #: Run a request that is alone in the engine without the batch machinery (solo.py);
+        #: switched off at load for models whose KV cache cannot be merged into a batch.
+        self.solo_decode = solo_decode
         self.tokenizer: Any = None
         self.context_length: int | None = None
         self.vocab_size: int = 0
@@ -98,6 +108,10 @@ class MLXEngine:
         self._waiting: collections.deque[RequestState] = collections.deque()
         self._active: dict[int, RequestState] = {}
         self._to_remove: dict[int, RequestState] = {}
+        self._solo: SoloDecode | None = None
+        self._solo_state: RequestState | None = None
+        self._solo_uids = itertools.count(-1, -1)  # never collide with BatchGenerator's uids
+        self._eos: frozenset[int] = frozenset()
         self._calls: list[tuple[Callable[[MLXEngine], Any], concurrent.futures.Future[Any]]] = []
         self._outbox = Outbox()
         self._stop_requested = False
@@ -162,6 +176,7 @@ class MLXEngine:
             return {
                 "generator_uids": uids,
                 "cache_bytes": int(gen.prompt_cache_nbytes),
+                "solo_uid": None if engine._solo_state is None else engine._solo_state.uid,
                 "active": len(engine._active),
                 "waiting": len(engine._waiting),
                 "steps": engine.counters.steps,
@@ -238,7 +253,9 @@ class MLXEngine:
 
         preload_blas()
         import mlx.core as mx
+        from mlx_lm.models.cache import make_prompt_cache
 
+        from .prompt_cache import cache_support
         from .sampling import SamplerCache
 
         self._stream = mx.new_stream(mx.default_device())
@@ -251,18 +268,20 @@ class MLXEngine:
         self.context_length = getattr(args, "max_position_embeddings", None)
         self.vocab_size = int(getattr(args, "vocab_size", 0) or len(tokenizer))
         self._samplers = SamplerCache(self.vocab_size)
+        self._eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self._gen = self._new_generator()
-        self.prompt_cache = self._new_prompt_cache(model)
-
-    def _new_prompt_cache(self, model: Any) -> CacheScheduler:
-        from mlx_lm.models.cache import make_prompt_cache
-
-        from .prompt_cache import PromptCacheStore, cache_support, default_budget_bytes
-
-        budget, prefix, share = self._cache_options
         reason = cache_support(make_prompt_cache(model))
         if reason is not None:
-            log.info("prompt caching is off for %s: %s", self.model_path, reason)
+            log.info("prompt caching and solo decoding are off for %s: %s", self.model_path, reason)
+            self.solo_decode = False  # a handover merges the solo cache into the batch
+        self.prompt_cache = self._new_prompt_cache(model, reason)
+
+    def _new_prompt_cache(self, model: Any, reason: str | None) -> CacheScheduler:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        from .prompt_cache import PromptCacheStore, default_budget_bytes
+
+        budget, prefix, share = self._cache_options
         store = PromptCacheStore(
             default_budget_bytes() if budget is None else budget,
             prefix_cache=prefix,
@@ -310,7 +329,9 @@ class MLXEngine:
             self._flush_removals()
             self._run_calls()
             self._admit(t0)
-            if self._active:
+            if self._solo is not None:
+                self._solo_step(t0)
+            elif self._active:
                 self._step(t0)
 
     def _handle(self, kind: str, arg: Any) -> None:
@@ -347,6 +368,8 @@ class MLXEngine:
                 self._waiting.remove(state)
             except ValueError:
                 pass  # still in the inbox (_enqueue sees the flag), or deferred by a fork
+        elif state is self._solo_state:
+            self._end_solo()  # no generator holds it: its cache goes back at once
         else:
             self._active.pop(state.uid, None)
             self._to_remove[state.uid] = state
@@ -389,6 +412,8 @@ class MLXEngine:
 
     def _admit(self, now: float) -> None:
         sched = self.prompt_cache
+        if self._solo is not None and self._waiting:
+            self._solo_to_batch()  # the lone request joins the batch ahead of the arrivals
         free = self.max_batch_size - len(self._active) - (sched.deferred if sched else 0)
         if free <= 0 or not self._waiting:
             return
@@ -403,6 +428,13 @@ class MLXEngine:
         # A fork's lead goes first: its followers wait until it has prefilled their prefix.
         lead = self.prompt_cache.leads if self.prompt_cache is not None else lambda s: False
         batch.sort(key=lambda s: (not lead(s), len(s.job.prompt_tokens) - s.cached_tokens))
+        if self._runs_solo(batch):
+            try:
+                self._start_solo(batch[0], now)
+            except Exception as exc:  # noqa: BLE001 - fails this request only
+                self._fail(batch[0], _as_provider_error(exc, "could not start the request"))
+            self._flush_outbox()
+            return
         try:
             self._insert(batch, now)
         except Exception:  # noqa: BLE001 - isolate the request that broke the insert
@@ -433,19 +465,136 @@ class MLXEngine:
             all_tokens=[h.tokens if h else [] for h in hits] if any(hits) else None,
             samplers=[self._samplers.get(s.job.sampling, s.job.seed) for s in batch],
         )
-        tokenizer = self.tokenizer
-        sched = self.prompt_cache
         for state, uid in zip(batch, uids):
-            state.uid = uid
-            if sched is not None:
-                sched.register(state, uid, state.cache)
-            state.cache = None  # the generator owns it now
-            state.admitted_at = now
-            state.detokenizer = tokenizer.detokenizer
-            if state.job.stop:
-                state.stops = StopMatcher(state.job.stop)
-            self._active[uid] = state
-            self.counters.prompt_tokens += len(state.job.prompt_tokens)
+            self._register(state, uid, now)
+
+    def _register(self, state: RequestState, uid: int, now: float) -> None:
+        """The request was admitted as ``uid`` (its prompt-cache hit now belongs to the
+        generator or the solo decode)."""
+        state.uid = uid
+        if self.prompt_cache is not None:
+            self.prompt_cache.register(state, uid, state.cache)
+        state.cache = None
+        state.admitted_at = now
+        state.detokenizer = self.tokenizer.detokenizer
+        if state.job.stop:
+            state.stops = StopMatcher(state.job.stop)
+        self._active[uid] = state
+        self.counters.prompt_tokens += len(state.job.prompt_tokens)
+
+    # ------------------------------------------------------------------ solo decoding
+    def _runs_solo(self, batch: list[RequestState]) -> bool:
+        """True when ``batch`` is one request arriving at an otherwise idle engine."""
+        if not self.solo_decode or len(batch) != 1 or self._active or self._waiting:
+            return False
+        sched = self.prompt_cache
+        return sched is None or (not sched.deferred and not sched.leads(batch[0]))
+
+    def _start_solo(self, state: RequestState, now: float) -> None:
+        hit = state.cache
+        job = state.job
+        self._solo = SoloDecode(
+            self._model,
+            job.prompt_tokens,
+            stream=self._stream,
+            sampler=self._samplers.get(job.sampling, job.seed),
+            max_tokens=job.max_tokens,
+            prefill_step_size=self.prefill_step_size,
+            cache=None if hit is None else hit.cache,
+            cached=state.cached_tokens,
+        )
+        self._solo_state = state
+        self._register(state, next(self._solo_uids), now)
+        self.counters.solo_requests += 1
+
+    def _solo_step(self, started: float) -> None:
+        """One prefill chunk or one token of the solo request, then delivery."""
+        self._solo_advance()
+        self.counters.busy_s += time.perf_counter() - started  # before delivery, as in _step
+        self._flush_outbox()
+        self._flush_removals()
+
+    def _solo_advance(self, *, queue_next: bool = True) -> None:
+        """Step the solo request once and route its token; counted like a batch step."""
+        solo, state = self._solo, self._solo_state
+        assert solo is not None and state is not None
+        c = self.counters
+        prompt_done = solo.prompt_done
+        t0 = time.perf_counter()
+        try:
+            token = solo.step(queue_next=queue_next)
+        except Exception as exc:
+            log.exception("the solo decode step failed")
+            self._end_solo(keep_cache=False)
+            self._fail(state, _as_provider_error(exc, "the decode step failed"))
+            return
+        now = time.perf_counter()
+        c.time_in_next_s += now - t0
+        c.steps += 1
+        c.prefill_tokens += solo.prompt_done - prompt_done
+        if token is None:
+            c.prefill_s += now - t0
+            return
+        c.decode_s += now - t0
+        c.decode_steps += 1
+        c.decode_rows += 1
+        c.generated_tokens += 1
+        # The same end rules as BatchGenerator: EOS ends with "stop" even on the last token.
+        finish = "stop" if token in self._eos else None
+        if finish is None and solo.generated >= state.job.max_tokens:
+            finish = "length"
+        try:
+            ended = self._route(state, token, finish, now)
+        except Exception as exc:  # noqa: BLE001 - the request fails alone
+            self._end_solo(keep_cache=False)
+            self._fail(state, _as_provider_error(exc, "processing a generated token failed"))
+            return
+        if ended:
+            self._end_solo()
+
+    def _end_solo(self, *, keep_cache: bool = True) -> None:
+        """The solo request ended (or was dropped): its KV cache goes to the prompt cache."""
+        solo, state = self._solo, self._solo_state
+        self._solo = self._solo_state = None
+        if solo is None or state is None or state.uid is None:
+            return
+        self._active.pop(state.uid, None)
+        sched = self.prompt_cache
+        if sched is not None:
+            keep = keep_cache and sched.store.enabled
+            self._returned(sched, state.uid, solo.tokens if keep else None, solo.cache)
+
+    def _solo_to_batch(self) -> None:
+        """Hand the solo request to the BatchGenerator, which continues it exactly."""
+        solo, state = self._solo, self._solo_state
+        assert solo is not None and state is not None and state.uid is not None
+        if solo.pending:  # read the token in flight without feeding it back
+            self._solo_advance(queue_next=False)
+            if self._solo is None:
+                return  # that token ended it (or its caller went away)
+        old = state.uid
+        self._solo = self._solo_state = None
+        h = solo.handover()
+        try:
+            (uid,) = self._gen.insert(
+                [h.prompt],
+                max_tokens=[h.max_tokens],
+                caches=None if h.cache is None else [h.cache],
+                all_tokens=None if h.cache is None else [h.tokens],
+                samplers=[solo.sampler],
+            )
+        except Exception as exc:  # noqa: BLE001 - fails this request only
+            self._active.pop(old, None)
+            if self.prompt_cache is not None:
+                self._returned(self.prompt_cache, old, None, None)
+            self._fail(state, _as_provider_error(exc, "moving the request into the batch failed"))
+            return
+        del self._active[old]
+        state.uid = uid
+        self._active[uid] = state
+        if self.prompt_cache is not None:
+            self.prompt_cache.moved(old, uid, kv=len(h.tokens))
+        self.counters.solo_handovers += 1
 
     def _step(self, started: float) -> None:
         gen = self._gen
@@ -513,7 +662,7 @@ class MLXEngine:
                 self._finish_now(state, text, "stop", now)
                 return True
         if text:
-            self._deliver(state, text)
+            self._emit(state, text)
         return False
 
     def _finish(self, state: RequestState, text: str, reason: str, now: float) -> bool:
@@ -528,12 +677,25 @@ class MLXEngine:
         return True
 
     def _finish_now(self, state: RequestState, text: str, reason: str, now: float) -> None:
+        if state.held:
+            text = "".join(state.held) + text
+            state.held.clear()
         state.done = True
         self.counters.finished += 1
         self._deliver(state, state.final(text, reason, now))
 
     def _deliver(self, state: RequestState, item: Any) -> None:
         self._outbox.put(state.sink, item)
+
+    def _emit(self, state: RequestState, text: str) -> None:
+        """A piece of text: sent now to a stream, held until the Final for a whole answer."""
+        sink = state.sink
+        if sink.streaming:
+            self._outbox.put(sink, text)
+            return
+        state.held.append(text)
+        if sink.loop is not None and sink.loop.is_closed():
+            self._drop(state)  # nobody will read the answer (a stream finds out at flush)
 
     def _flush_outbox(self) -> None:
         for sink in self._outbox.flush():  # their event loop is closed: nobody is listening
@@ -583,6 +745,7 @@ class MLXEngine:
             pending += self.prompt_cache.deferred_states()
         self._waiting.clear()
         self._active.clear()
+        self._solo = self._solo_state = None
         while True:  # requests that raced in after the loop stopped
             try:
                 kind, arg = self._inbox.get_nowait()

@@ -2,8 +2,9 @@
 
 It validates a request, renders the chat template into token ids on the caller's thread,
 checks the context window, and submits the job to the engine thread. Streaming is the
-primitive: ``generate`` drains the same item stream as ``stream``; async callers are fed
-through ``call_soon_threadsafe`` and never block their event loop.
+primitive: ``generate`` drains the same item stream as ``stream`` (one that the engine sends
+as a single Final, since nobody reads the pieces); async callers are fed through
+``call_soon_threadsafe`` and never block their event loop.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class MLXProvider(BaseProvider):
     batched decode. Engine options: ``max_batch_size`` (rows decoded together),
     ``prefill_batch_size`` (prompts prefilled together), ``prefill_step_size`` (prompt tokens
     per prefill call), ``max_queue`` (waiting requests before OverloadedError),
-    ``queue_timeout_s`` (longest wait for a batch slot), ``dtype`` (GGUF conversion dtype).
+    ``queue_timeout_s`` (longest wait for a batch slot), ``dtype`` (GGUF conversion dtype),
+    ``solo_decode`` (decode a request that is alone in the engine without the batch
+    machinery, handing it to the batch when another arrives; on by default).
     Prompt cache (docs/concurrency.md): ``prompt_cache_bytes`` (one budget for every stored
     KV cache; default min(10% of RAM, 2 GiB); 0 turns caching off), ``prefix_cache`` (share
     prefixes between requests without a ``prompt_cache_key``), ``share_prefix_across_keys``
@@ -68,6 +71,7 @@ class MLXProvider(BaseProvider):
         prompt_cache_bytes: int | None = None,
         prefix_cache: bool = True,
         share_prefix_across_keys: bool = False,
+        solo_decode: bool = True,
         **generation_defaults: Any,
     ) -> None:
         super().__init__(model, **generation_defaults)
@@ -76,6 +80,12 @@ class MLXProvider(BaseProvider):
         _check_int_option("prefill_batch_size", prefill_batch_size)
         _check_int_option("prefill_step_size", prefill_step_size)
         _check_int_option("max_queue", max_queue)
+        if not isinstance(solo_decode, bool):
+            raise InvalidRequestError(
+                f"solo_decode must be True or False, got {solo_decode!r}",
+                field="solo_decode",
+                provider=self.provider_name,
+            )
         if queue_timeout_s is not None and (
             isinstance(queue_timeout_s, bool)
             or not isinstance(queue_timeout_s, (int, float))
@@ -104,6 +114,7 @@ class MLXProvider(BaseProvider):
             prompt_cache_bytes=prompt_cache_bytes,
             prefix_cache=prefix_cache,
             share_prefix_across_keys=share_prefix_across_keys,
+            solo_decode=solo_decode,
         )
         self._engine.start()
         self._closer = weakref.finalize(self, self._engine.close)
@@ -136,7 +147,10 @@ class MLXProvider(BaseProvider):
 
     def stats(self) -> dict[str, Any]:
         """Engine counters: active, queued, finished, cancelled, errors, tokens, steps,
-        mean_batch_size, prefill_tok_s, decode_tok_s, time_in_next_s, busy_s, wall_s, and
+        mean_batch_size, prefill_tok_s, decode_tok_s, time_in_next_s (seconds in model steps:
+        ``BatchGenerator.next()`` or a solo step), busy_s, wall_s, solo_requests (requests
+        started alone, without the batch machinery), solo_handovers (of those, the ones
+        moved into the batch when another request arrived), and
         ``prompt_cache`` (enabled, reason, entries, bytes, budget, hits, misses, evictions,
         tokens_saved, in_use, keyed_entries, prefix_nodes)."""
         return self._engine.stats()
@@ -222,8 +236,10 @@ class MLXProvider(BaseProvider):
         )
 
     # ------------------------------------------------------------------ sync transport
-    def _items(self, job: Job, timeout: float | None) -> Generator[str | Final, None, None]:
-        sink = ThreadSink()
+    def _items(
+        self, job: Job, timeout: float | None, *, streaming: bool
+    ) -> Generator[str | Final, None, None]:
+        sink = ThreadSink(streaming=streaming)
         deadline = None if timeout is None else time.monotonic() + timeout
         state = self._engine.submit(job, sink)
         get = sink.queue.get
@@ -254,13 +270,14 @@ class MLXProvider(BaseProvider):
         return self._chunks(self._prepare(request), request.timeout)
 
     def _chunks(self, job: Job, timeout: float | None) -> Iterator[StreamChunk]:
-        with contextlib.closing(self._items(job, timeout)) as items:
+        with contextlib.closing(self._items(job, timeout, streaming=True)) as items:
             for item in items:
                 yield StreamChunk(content=item) if isinstance(item, str) else self._last_chunk(item)
 
     def _generate(self, request: GenerationRequest) -> GenerateResponse:
         parts: list[str] = []
-        with contextlib.closing(self._items(self._prepare(request), request.timeout)) as items:
+        job = self._prepare(request)
+        with contextlib.closing(self._items(job, request.timeout, streaming=False)) as items:
             for item in items:
                 if isinstance(item, str):
                     parts.append(item)
@@ -269,9 +286,11 @@ class MLXProvider(BaseProvider):
         raise AssertionError("unreachable: the item stream ends with a Final or raises")
 
     # ------------------------------------------------------------------ async transport
-    async def _aitems(self, job: Job, timeout: float | None) -> AsyncGenerator[str | Final, None]:
+    async def _aitems(
+        self, job: Job, timeout: float | None, *, streaming: bool
+    ) -> AsyncGenerator[str | Final, None]:
         loop = asyncio.get_running_loop()
-        sink = AsyncSink(loop)
+        sink = AsyncSink(loop, streaming=streaming)
         state = self._engine.submit(job, sink)
         timer = None if timeout is None else loop.call_later(timeout, sink.put, _TIMEOUT)
         get = sink.queue.get
@@ -300,14 +319,15 @@ class MLXProvider(BaseProvider):
         return self._achunks(self._prepare(request), request.timeout)
 
     async def _achunks(self, job: Job, timeout: float | None) -> AsyncIterator[StreamChunk]:
-        async with contextlib.aclosing(self._aitems(job, timeout)) as items:
+        async with contextlib.aclosing(self._aitems(job, timeout, streaming=True)) as items:
             async for item in items:
                 yield StreamChunk(content=item) if isinstance(item, str) else self._last_chunk(item)
 
     async def _agenerate(self, request: GenerationRequest) -> GenerateResponse:
         parts: list[str] = []
+        job = self._prepare(request)
         async with contextlib.aclosing(
-            self._aitems(self._prepare(request), request.timeout)
+            self._aitems(job, request.timeout, streaming=False)
         ) as items:
             async for item in items:
                 if isinstance(item, str):

@@ -1,7 +1,9 @@
 """What crosses between the engine thread and its callers: jobs, sinks, results, counters.
 
 Only plain Python crosses: the engine delivers ``str`` pieces of text, one :class:`Final`
-and nothing after it, or an exception instance. Sync callers read a ``queue.SimpleQueue``;
+and nothing after it, or an exception instance. A sink that is not ``streaming`` (``generate``
+and ``agenerate``) gets no pieces: the engine holds the text and sends it in the Final, so a
+whole answer wakes its caller once instead of once per token. Sync callers read a ``queue.SimpleQueue``;
 async callers an ``asyncio.Queue`` fed by ``call_soon_threadsafe``, which the engine's
 :class:`Outbox` batches per step and per event loop. Also here: per-request engine state
 and stop-string matching.
@@ -98,23 +100,25 @@ class StopMatcher:
 class ThreadSink:
     """Delivery to a blocking caller thread."""
 
-    __slots__ = ("put", "queue")
+    __slots__ = ("put", "queue", "streaming")
     loop: asyncio.AbstractEventLoop | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, *, streaming: bool = True) -> None:
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.put = self.queue.put
+        self.streaming = streaming
 
 
 class AsyncSink:
     """Delivery to a coroutine on ``loop``; the engine calls ``put`` only through the loop."""
 
-    __slots__ = ("loop", "put", "queue")
+    __slots__ = ("loop", "put", "queue", "streaming")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, streaming: bool = True) -> None:
         self.loop: asyncio.AbstractEventLoop | None = loop
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self.put = self.queue.put_nowait
+        self.streaming = streaming
 
 
 Sink = ThreadSink | AsyncSink
@@ -185,6 +189,7 @@ class RequestState:
     cached_tokens: int = 0
     detokenizer: Any = None
     stops: StopMatcher | None = None
+    held: list[str] = field(default_factory=list)  # text for a sink that is not streaming
 
     def final(self, text: str, finish_reason: str, now: float) -> Final:
         """The Final record for this request ending now."""
@@ -225,6 +230,8 @@ class EngineCounters:
     decode_s: float = 0.0
     time_in_next_s: float = 0.0
     busy_s: float = 0.0
+    solo_requests: int = 0
+    solo_handovers: int = 0
 
     def as_dict(self, *, active: int, queued: int, wall_s: float) -> dict[str, Any]:
         """The public stats: counters plus derived rates."""
@@ -246,5 +253,7 @@ class EngineCounters:
             "decode_tok_s": self.decode_rows / self.decode_s if self.decode_s else 0.0,
             "time_in_next_s": self.time_in_next_s,
             "busy_s": self.busy_s,
+            "solo_requests": self.solo_requests,
+            "solo_handovers": self.solo_handovers,
             "wall_s": wall_s,
         }

@@ -65,7 +65,7 @@ def reference(embedded_model_dir: Path, mlx_llm: Any) -> Reference:
 
 def _assert_engine_empty(llm: Any) -> None:
     snap = llm.engine.snapshot()
-    assert snap["generator_uids"] == [], snap
+    assert snap["generator_uids"] == [] and snap["solo_uid"] is None, snap
     assert snap["cache_bytes"] == 0, snap
     assert snap["active"] == 0 and snap["waiting"] == 0, snap
     stats = llm.stats()

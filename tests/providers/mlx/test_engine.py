@@ -93,19 +93,36 @@ async def test_queue_full_and_queue_timeout_raise_overloaded(
 
 # ---------------------------------------------------------------------- failure isolation
 @pytest.mark.mlx
+@pytest.mark.parametrize("path", ["batch", "solo"])
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
-    mlx_llm: Any, assert_engine_empty: Any
+    mlx_llm: Any, assert_engine_empty: Any, path: str
 ) -> None:
-    def break_next_step(engine: Any) -> None:
-        def boom() -> Any:
-            raise RuntimeError("injected step failure")
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected step failure")
 
-        engine._gen.next = boom  # the engine replaces the generator after a failed step
+    def break_next_step(engine: Any) -> None:
+        if path == "batch":
+            engine.solo_decode = False  # a lone request then goes through the generator
+            engine._gen.next = boom  # the engine replaces the generator after a failed step
+            return
+        original = engine._start_solo
+
+        def start_solo(state: Any, now: float) -> None:
+            original(state, now)
+            engine._solo.step = boom
+            engine._start_solo = original
+
+        engine._start_solo = start_solo
 
     mlx_llm.engine.call(break_next_step)
-    with pytest.raises(ProviderAPIError, match="injected step failure"):
-        mlx_llm.generate("Hi", max_output_tokens=4)
+    try:
+        with pytest.raises(ProviderAPIError, match="injected step failure"):
+            mlx_llm.generate("Hi", max_output_tokens=4)
+    finally:
+        mlx_llm.engine.call(lambda engine: setattr(engine, "solo_decode", True))
+    before = mlx_llm.stats()["solo_requests"]
     assert mlx_llm.generate("What is the capital of France?", max_output_tokens=8).content
+    assert mlx_llm.stats()["solo_requests"] == before + 1
     assert_engine_empty(mlx_llm)
 
 
@@ -114,16 +131,15 @@ def test_a_failing_request_fails_alone(mlx_llm: Any, prompts: list[str]) -> None
     from concurrent.futures import ThreadPoolExecutor
 
     def break_one_detokenizer(engine: Any) -> None:
-        original = engine._insert
+        original = engine._register
 
-        def insert(batch: list[Any], now: float) -> None:
-            original(batch, now)
-            for state in batch:
-                if state.job.max_tokens == 7:
-                    state.detokenizer = None  # add_token will raise for this request only
-                    engine._insert = original
+        def register(state: Any, uid: int, now: float) -> None:
+            original(state, uid, now)
+            if state.job.max_tokens == 7:
+                state.detokenizer = None  # add_token will raise for this request only
+                engine._register = original
 
-        engine._insert = insert
+        engine._register = register
 
     mlx_llm.engine.call(break_one_detokenizer)
     with ThreadPoolExecutor(4) as pool:
@@ -206,3 +222,25 @@ def test_prompt_cache_seam_returns_caches_and_a_reused_cache_keeps_the_output(
     assert_engine_empty(mlx_llm)
     after = mlx_llm.stats()["prompt_cache"]
     assert after["keyed_entries"] - before["keyed_entries"] == 2 and after["in_use"] == 0
+
+
+# ---------------------------------------------------------------------- delivery
+@pytest.mark.mlx
+def test_a_whole_answer_arrives_as_one_item_and_a_stream_piece_by_piece(
+    mlx_llm: Any, reference: Any
+) -> None:
+    from abstractcore.providers.mlx.requests import Final, Job, ThreadSink
+
+    ids = mlx_llm.tokenize("Name three colours.")
+    items: dict[bool, list[Any]] = {}
+    for streaming in (True, False):
+        sink = ThreadSink(streaming=streaming)
+        mlx_llm.engine.submit(Job(prompt_tokens=ids, max_tokens=16), sink)
+        got: list[Any] = []
+        while not got or not isinstance(got[-1], Final):
+            got.append(sink.queue.get(timeout=60))
+        items[streaming] = got
+    whole, pieces = items[False], items[True]
+    assert len(whole) == 1 and len(pieces) > 2  # generate() wakes its caller once
+    assert whole[0].text == "".join(pieces[:-1]) + pieces[-1].text == reference.greedy(ids, 16)
+    assert whole[0].completion_tokens == pieces[-1].completion_tokens

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from abstractcore.errors import (
 pytestmark = pytest.mark.mlx
 
 PROMPT = "What is the capital of France?"
+LONG_STORY = "Write a very long story about a lighthouse keeper and the sea."
 
 
 # ---------------------------------------------------------------------- streams and verbs
@@ -118,7 +121,7 @@ def test_bad_request_values_name_the_field(
 @pytest.mark.parametrize(
     ("option", "value"),
     [("max_batch_size", 0), ("prefill_batch_size", "8"), ("max_queue", -1), ("queue_timeout_s", 0),
-     ("prefill_step_size", True), ("temperature", -0.5)],
+     ("prefill_step_size", True), ("temperature", -0.5), ("solo_decode", "yes")],
 )  # fmt: skip
 def test_bad_engine_options_name_the_option(
     embedded_model_dir: Path, option: str, value: Any
@@ -231,7 +234,7 @@ def test_stats_report_engine_counters(mlx_llm: Any) -> None:
     for key in (
         "active", "queued", "finished", "cancelled", "errors", "prompt_tokens",
         "generated_tokens", "steps", "mean_batch_size", "prefill_tok_s", "decode_tok_s",
-        "time_in_next_s", "wall_s",
+        "time_in_next_s", "wall_s", "solo_requests", "solo_handovers",
     ):  # fmt: skip
         assert key in stats
     assert stats["finished"] > 0 and stats["decode_tok_s"] > 0
@@ -241,3 +244,34 @@ def _counts(usage: Any) -> tuple[int, int]:
     """Usage without cached_tokens (which depends on what earlier requests left cached)."""
     assert usage is not None
     return usage.prompt_tokens, usage.completion_tokens
+
+
+# Python reports the abandoned task's coroutine when it is collected: that is the scenario.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("verb", ["astream", "agenerate"])
+def test_a_request_whose_event_loop_closes_is_dropped(
+    mlx_llm: Any, assert_engine_empty: Any, verb: str
+) -> None:
+    # The caller's loop closes without cancelling its task (a thread that ended, say): nobody
+    # can read the answer, so the engine must stop generating it rather than run to the end.
+    async def start() -> asyncio.Future[Any]:
+        if verb == "agenerate":
+            call = mlx_llm.agenerate(LONG_STORY, max_output_tokens=4000)
+        else:
+            call = mlx_llm.astream(LONG_STORY, max_output_tokens=4000).__anext__()
+        task = asyncio.ensure_future(call)
+        while mlx_llm.stats()["active"] == 0:
+            await asyncio.sleep(0.01)
+        return task
+
+    cancelled = mlx_llm.stats()["cancelled"]
+    loop = asyncio.new_event_loop()
+    task = loop.run_until_complete(start())
+    loop.close()
+    deadline = time.monotonic() + 30
+    while mlx_llm.stats()["cancelled"] == cancelled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mlx_llm.stats()["cancelled"] == cancelled + 1
+    assert_engine_empty(mlx_llm)
+    del task
+    gc.collect()  # report the abandoned coroutine here, under this test's filter

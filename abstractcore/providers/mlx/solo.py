@@ -1,0 +1,145 @@
+"""One request decoded on its own, without BatchGenerator's batch machinery.
+
+With a single request in flight, BatchGenerator still pays for batching: BatchKVCache keeps
+per-row offsets and builds an attention mask in every layer, and GenerationBatch does per-row
+list bookkeeping; a batch of one decodes measurably slower than mlx-lm's ``generate_step``
+(docs/concurrency.md, "A lone request"). So while a request is alone in the engine it runs
+here, with the model's own cache layers and ``generate_step``'s pipelining (the next token's
+forward pass is queued before the current token is read), and the engine hands it over to
+the BatchGenerator -- remaining prompt, KV cache, the tokens it covers, its sampler -- as soon
+as another request arrives. Nothing is recomputed at the handover.
+
+Everything here runs on the engine thread, inside its MLX stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+__all__ = ["Handover", "SoloDecode"]
+
+#: Release MLX's buffer cache every this many tokens, as ``generate_step`` does.
+_CLEAR_CACHE_EVERY = 256
+
+
+class Handover(NamedTuple):
+    """What ``BatchGenerator.insert`` needs to continue a solo request exactly."""
+
+    prompt: list[int]  # the input still to feed: the unprefilled prompt, or the last token
+    cache: list[Any] | None  # KV cache layers covering ``tokens`` (None: nothing cached yet)
+    tokens: list[int]  # the token ids the cache covers
+    max_tokens: int  # tokens still to generate
+
+
+class SoloDecode:
+    """A lone request's prefill and decode: one prompt chunk or one token per ``step()``."""
+
+    def __init__(
+        self,
+        model: Any,
+        prompt: Sequence[int],
+        *,
+        stream: Any,
+        sampler: Callable[[Any], Any],
+        max_tokens: int,
+        prefill_step_size: int,
+        cache: list[Any] | None = None,
+        cached: int = 0,
+    ) -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        if not 0 <= cached < len(prompt):
+            raise ValueError(f"cached={cached} must leave a prompt token to feed")
+        self.model = model
+        self.stream = stream
+        self.sampler = sampler
+        self.max_tokens = max_tokens
+        self.prefill_step_size = prefill_step_size
+        self.cache: list[Any] = cache if cache is not None else make_prompt_cache(model)
+        self.tokens: list[int] = list(prompt[:cached])  # what the KV cache covers
+        self.prompt_done = cached  # prompt tokens in the KV cache
+        self.generated = 0
+        self._todo = list(prompt[cached:])  # prompt tokens not yet fed to the model
+        self._next: Any = None  # the next token, sampled lazily by a queued forward pass
+        self._unfed: int | None = None  # the last token read, when it was not fed back
+
+    @property
+    def prefilling(self) -> bool:
+        """True while whole prompt chunks remain (``step()`` then returns None)."""
+        return len(self._todo) > 1
+
+    @property
+    def pending(self) -> bool:
+        """True when a sampled token is in flight and must be read before a handover."""
+        return self._next is not None
+
+    def step(self, *, queue_next: bool = True) -> int | None:
+        """Prefill one chunk (None) or return the next token.
+
+        With ``queue_next`` false the token read is not fed back to the model, which leaves
+        the request ready for :meth:`handover`.
+        """
+        import mlx.core as mx
+
+        with mx.stream(self.stream):
+            return self._step(mx, queue_next)
+
+    def _step(self, mx: Any, queue_next: bool) -> int | None:
+        if len(self._todo) > 1:
+            n = min(self.prefill_step_size, len(self._todo) - 1)
+            chunk, self._todo = self._todo[:n], self._todo[n:]
+            self.model(mx.array(chunk)[None], cache=self.cache)
+            mx.eval([c.state for c in self.cache])
+            mx.clear_cache()
+            self.tokens += chunk
+            self.prompt_done += n
+            return None
+        if self._next is None:  # feed the last prompt token: its logits give token one
+            if self._unfed is not None:
+                raise RuntimeError("the request was handed over or ended")
+            last = self._todo.pop()
+            self._next = self._forward(mx.array([last]))
+            self.tokens.append(last)
+            self.prompt_done += 1
+        y, self._next = self._next, None
+        fed = queue_next and self.generated + 1 < self.max_tokens
+        if fed:
+            self._next = self._forward(y)  # decode ahead while this token is read
+        token = int(y.item())
+        if fed:
+            self.tokens.append(token)
+        else:
+            self._unfed = token
+        self.generated += 1
+        if self.generated % _CLEAR_CACHE_EVERY == 0:
+            mx.clear_cache()
+        return token
+
+    def handover(self) -> Handover:
+        """The request's state for ``BatchGenerator.insert`` (no token may be pending)."""
+        if self._next is not None:
+            raise RuntimeError("read the pending token (step(queue_next=False)) first")
+        if self._todo:
+            prompt = list(self._todo)
+        elif self._unfed is not None:
+            prompt = [self._unfed]
+        else:
+            raise RuntimeError("nothing is left to feed: the request has ended")
+        return Handover(
+            prompt=prompt,
+            cache=self.cache if self.tokens else None,
+            tokens=list(self.tokens),
+            max_tokens=self.max_tokens - self.generated,
+        )
+
+    def _forward(self, inputs: Any) -> Any:
+        """Queue one forward pass over ``inputs`` (shape [n]) and the sampling of its last
+        position; returns the lazily computed token (shape [1])."""
+        import mlx.core as mx
+
+        logits = self.model(inputs[None], cache=self.cache)[:, -1, :]
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        y = self.sampler(logprobs)
+        mx.async_eval(y)  # type: ignore[no-untyped-call]
+        return y
