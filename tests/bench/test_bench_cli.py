@@ -142,6 +142,11 @@ def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
     assert "engine/serial" in proc.stdout
 
 
+def _server_children(pid: int) -> list[int]:
+    """The mlx-lm server processes the benchmark ``pid`` started."""
+    return [k for k in _children(pid) if b"mlx_lm.server" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -184,11 +189,7 @@ def test_sigint_writes_partial_results_and_stops_the_server(tmp_path: Path) -> N
     )  # fmt: skip
     try:
         early = _wait_for_line(proc, "[mlx-lm-server c=2] level started", timeout=240)
-        servers = [
-            k
-            for k in _children(proc.pid)
-            if b"mlx_lm.server" in Path(f"/proc/{k}/cmdline").read_bytes()
-        ]
+        servers = _server_children(proc.pid)
         assert servers, "mlx-lm's server should be a running child now"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -236,11 +237,7 @@ def test_sigkill_of_the_benchmark_still_stops_the_server(tmp_path: Path) -> None
     try:
         # Interleaved order starts every system before the first level: the server is up.
         _wait_for_line(proc, "level started", timeout=240)
-        servers = [
-            k
-            for k in _children(proc.pid)
-            if b"mlx_lm.server" in Path(f"/proc/{k}/cmdline").read_bytes()
-        ]
+        servers = _server_children(proc.pid)
         assert servers, "mlx-lm's server should be a running child now"
         proc.kill()
         proc.communicate(timeout=30)

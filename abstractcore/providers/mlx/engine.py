@@ -44,6 +44,7 @@ from .requests import (
     StopMatcher,
     put_threadsafe,
 )
+from .row_padding import RowPadding
 from .solo import SoloDecode
 
 __all__ = ["EngineClosedError", "MLXEngine"]
@@ -73,6 +74,7 @@ class MLXEngine:
         prefix_cache: bool = True,
         share_prefix_across_keys: bool = False,
         solo_decode: bool = True,
+        pad_rows: bool = True,
         name: str = "abstractcore-mlx-engine",
     ) -> None:
         self.model_path = Path(model_path)
@@ -84,6 +86,10 @@ class MLXEngine:
         #: Run a request that is alone in the engine without the batch machinery (solo.py);
         #: switched off at load for models whose KV cache cannot be merged into a batch.
         self.solo_decode = solo_decode
+        #: Pad the rows of the model's dense products to counts the BLAS runs faster
+        #: (row_padding.py); calibrated at load, on the CPU only.
+        self.pad_rows = pad_rows
+        self.row_padding: RowPadding | None = None
         self.tokenizer: Any = None
         self.context_length: int | None = None
         self.vocab_size: int = 0
@@ -164,6 +170,7 @@ class MLXEngine:
         )
         if cache is not None:
             stats["prompt_cache"] = cache.store.stats()
+        stats["row_padding"] = {} if self.row_padding is None else self.row_padding.padded()
         return stats
 
     def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
@@ -255,6 +262,7 @@ class MLXEngine:
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
 
+        from . import row_padding
         from .prompt_cache import cache_support
         from .sampling import SamplerCache
 
@@ -262,6 +270,14 @@ class MLXEngine:
         with mx.stream(self._stream):
             model, tokenizer = load_model(self.model_path)
             mx.eval(model.parameters())
+            if self.pad_rows and mx.default_device() == mx.cpu:
+                t0 = time.perf_counter()
+                self.row_padding = row_padding.calibrate(model, self.max_batch_size)
+                n = row_padding.apply(model, self.row_padding)
+                log.info(
+                    "row padding for %d dense layers (%.1f s): %s", n,
+                    time.perf_counter() - t0, self.row_padding.padded() or "none",
+                )  # fmt: skip
         self._model = model
         self.tokenizer = tokenizer
         args = getattr(model, "args", None)

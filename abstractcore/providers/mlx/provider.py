@@ -47,7 +47,9 @@ class MLXProvider(BaseProvider):
     per prefill call), ``max_queue`` (waiting requests before OverloadedError),
     ``queue_timeout_s`` (longest wait for a batch slot), ``dtype`` (GGUF conversion dtype),
     ``solo_decode`` (decode a request that is alone in the engine without the batch
-    machinery, handing it to the batch when another arrives; on by default).
+    machinery, handing it to the batch when another arrives; on by default), ``pad_rows``
+    (on the CPU, pad the rows of the model's dense products to the row counts the BLAS was
+    measured to run faster at load; on by default).
     Prompt cache (docs/concurrency.md): ``prompt_cache_bytes`` (one budget for every stored
     KV cache; default min(10% of RAM, 2 GiB); 0 turns caching off), ``prefix_cache`` (share
     prefixes between requests without a ``prompt_cache_key``), ``share_prefix_across_keys``
@@ -72,6 +74,7 @@ class MLXProvider(BaseProvider):
         prefix_cache: bool = True,
         share_prefix_across_keys: bool = False,
         solo_decode: bool = True,
+        pad_rows: bool = True,
         **generation_defaults: Any,
     ) -> None:
         super().__init__(model, **generation_defaults)
@@ -80,12 +83,13 @@ class MLXProvider(BaseProvider):
         _check_int_option("prefill_batch_size", prefill_batch_size)
         _check_int_option("prefill_step_size", prefill_step_size)
         _check_int_option("max_queue", max_queue)
-        if not isinstance(solo_decode, bool):
-            raise InvalidRequestError(
-                f"solo_decode must be True or False, got {solo_decode!r}",
-                field="solo_decode",
-                provider=self.provider_name,
-            )
+        for name, flag in (("solo_decode", solo_decode), ("pad_rows", pad_rows)):
+            if not isinstance(flag, bool):
+                raise InvalidRequestError(
+                    f"{name} must be True or False, got {flag!r}",
+                    field=name,
+                    provider=self.provider_name,
+                )
         if queue_timeout_s is not None and (
             isinstance(queue_timeout_s, bool)
             or not isinstance(queue_timeout_s, (int, float))
@@ -115,6 +119,7 @@ class MLXProvider(BaseProvider):
             prefix_cache=prefix_cache,
             share_prefix_across_keys=share_prefix_across_keys,
             solo_decode=solo_decode,
+            pad_rows=pad_rows,
         )
         self._engine.start()
         self._closer = weakref.finalize(self, self._engine.close)
@@ -150,7 +155,8 @@ class MLXProvider(BaseProvider):
         mean_batch_size, prefill_tok_s, decode_tok_s, time_in_next_s (seconds in model steps:
         ``BatchGenerator.next()`` or a solo step), busy_s, wall_s, solo_requests (requests
         started alone, without the batch machinery), solo_handovers (of those, the ones
-        moved into the batch when another request arrived), and
+        moved into the batch when another request arrived), row_padding (row counts whose
+        dense products run padded, and to what), and
         ``prompt_cache`` (enabled, reason, entries, bytes, budget, hits, misses, evictions,
         tokens_saved, in_use, keyed_entries, prefix_nodes)."""
         return self._engine.stats()
