@@ -90,6 +90,7 @@ class MLXEngine:
         #: (row_padding.py); calibrated at load, on the CPU only.
         self.pad_rows = pad_rows
         self.row_padding: RowPadding | None = None
+        self._padded = False  # whether the model's layers pad now (batch steps; solo: no)
         self.tokenizer: Any = None
         self.context_length: int | None = None
         self.vocab_size: int = 0
@@ -274,6 +275,7 @@ class MLXEngine:
                 t0 = time.perf_counter()
                 self.row_padding = row_padding.calibrate(model, self.max_batch_size)
                 n = row_padding.apply(model, self.row_padding)
+                self._padded = True
                 log.info(
                     "row padding for %d dense layers (%.1f s): %s", n,
                     time.perf_counter() - t0, self.row_padding.padded() or "none",
@@ -534,6 +536,7 @@ class MLXEngine:
         """Step the solo request once and route its token; counted like a batch step."""
         solo, state = self._solo, self._solo_state
         assert solo is not None and state is not None
+        self._use_row_padding(False)
         c = self.counters
         prompt_done = solo.prompt_done
         t0 = time.perf_counter()
@@ -612,8 +615,21 @@ class MLXEngine:
             self.prompt_cache.moved(old, uid, kv=len(h.tokens))
         self.counters.solo_handovers += 1
 
+    def _use_row_padding(self, on: bool) -> None:
+        """Batch steps run the padded layers; solo steps the plain ones, since a single row
+        is never padded and the padding layer's Python costs ~1.5 ms per step."""
+        if self.row_padding is not None and on is not self._padded:
+            from . import row_padding
+
+            if on:
+                row_padding.apply(self._model, self.row_padding)
+            else:
+                row_padding.remove(self._model)
+            self._padded = on
+
     def _step(self, started: float) -> None:
         gen = self._gen
+        self._use_row_padding(True)
         c = self.counters
         t0 = time.perf_counter()
         try:

@@ -59,9 +59,12 @@ def test_padded_layers_give_the_same_rows_and_keep_their_parameters() -> None:
     assert all(a is params[k] for k, a in tree_flatten(model.parameters()))
     assert isinstance(model.up, nn.Linear) and type(model.up) is not nn.Linear
     assert isinstance(model.embed, nn.Embedding)
-    # Applying again swaps the table, never wraps twice.
+    # Applying again swaps the table, never wraps twice; remove() restores the classes.
     assert row_padding.apply(model, RowPadding([0, 1])) == 3
     assert type(model.up).__mro__[2] is nn.Linear
+    assert mx.allclose(model(tokens), before, atol=1e-5).item()
+    assert row_padding.remove(model) == 3
+    assert type(model.up) is nn.Linear and type(model.embed) is nn.Embedding
     assert mx.allclose(model(tokens), before, atol=1e-5).item()
 
 
@@ -133,19 +136,24 @@ async def test_greedy_batches_of_every_size_are_unchanged_by_padding(
     """Whatever this machine's calibration chose, force padding at every batch size and
     check the batched greedy output against mlx-lm one by one."""
 
-    def force(engine: Any) -> RowPadding | None:
-        old = engine.row_padding
-        row_padding.apply(engine._model, RowPadding([0, 1, *([32] * 31)]))
-        return old
+    def use(table: RowPadding | None) -> Any:
+        def swap(engine: Any) -> RowPadding | None:
+            old, engine.row_padding = engine.row_padding, table
+            engine._padded = False
+            row_padding.remove(engine._model)  # the next batch step applies ``table``
+            return old
 
-    old = mlx_llm.engine.call(force)
+        return swap
+
+    old = mlx_llm.engine.call(use(RowPadding([0, 1, *([32] * 31)])))
     try:
         texts = [*prompts, *(p + " Answer briefly." for p in prompts[:3])]  # 11 rows
         results = await asyncio.gather(*(mlx_llm.agenerate(t, max_output_tokens=12) for t in texts))
         for text, r in zip(texts, results):
             assert r.content == reference.greedy(mlx_llm.tokenize(text), 12)
+        assert await asyncio.to_thread(mlx_llm.engine.call, lambda e: e._padded)
     finally:
-        mlx_llm.engine.call(lambda e: row_padding.apply(e._model, old or RowPadding([0, 1])))
+        mlx_llm.engine.call(use(old))
 
 
 @pytest.mark.mlx

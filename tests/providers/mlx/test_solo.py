@@ -144,6 +144,7 @@ def test_a_lone_request_runs_solo_and_equals_mlx_lm(
     assert _delta(before, after, "prompt_tokens") == r.usage.prompt_tokens
     assert after["prefill_tok_s"] > 0 and after["decode_tok_s"] > 0
     assert r.content == reference.greedy(mlx_llm.tokenize(LONG), N)
+    assert not mlx_llm.engine.call(lambda e: e._padded)  # a lone row runs the plain layers
     assert_engine_empty(mlx_llm)
 
 
