@@ -83,9 +83,11 @@ class LogProgress(Progress):
         self.interval_s = interval_s
         self.stream = stream or sys.stderr
         self._ticker: asyncio.Task[None] | None = None
+        self._last_line = 0.0  # perf_counter() of the last line printed
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
+        self._last_line = time.perf_counter()
 
     def message(self, text: str) -> None:
         self._print(text)
@@ -94,8 +96,14 @@ class LogProgress(Progress):
         self, system: str, concurrency: int, total: int, *, round_index: int = 0, rounds: int = 1
     ) -> None:
         super().level_started(system, concurrency, total, round_index=round_index, rounds=rounds)
-        what = "level started" if rounds == 1 else "started"
-        self._print(f"{self.label} {what}: {total} queries")
+        if total == 1 and rounds > 1:  # concurrency 1: one query per round
+            if round_index == 0:
+                self._print(
+                    f"[{system} c={concurrency}] level started: {rounds} queries, one per round"
+                )
+        else:
+            what = "level started" if rounds == 1 else "started"
+            self._print(f"{self.label} {what}: {total} queries")
         self._stop_ticker()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
@@ -106,6 +114,8 @@ class LogProgress(Progress):
 
     def round_done(self) -> None:
         self._stop_ticker()
+        if self.total == 1 and time.perf_counter() - self._last_line < self.interval_s:
+            return  # one-query rounds: a line per interval, not two per query
         elapsed = time.perf_counter() - self.started
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         self._print(

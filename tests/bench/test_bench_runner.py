@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from abstractcore.bench.cli import parse_config
 from abstractcore.bench.config import BenchConfig, GenParams
 from abstractcore.bench.metrics import QueryResult
-from abstractcore.bench.progress import Progress
+from abstractcore.bench.progress import LogProgress, Progress
 from abstractcore.bench.runner import (
     RoundResult,
     SweepResult,
@@ -80,12 +81,14 @@ def _sweep(systems: list[_Recorder], order: str, levels: tuple[int, ...], n: int
 
 def test_split_rounds_keeps_order_and_enough_queries_per_slot() -> None:
     qs = list(range(32))
-    assert split_rounds(qs, 1) == [qs[0:8], qs[8:16], qs[16:24], qs[24:32]]
+    assert split_rounds(qs, 1) == [[q] for q in qs]  # one slot: every query is a round
+    assert split_rounds(qs, 2) == [qs[0:16], qs[16:32]]
     assert split_rounds(qs, 8) == [qs]  # 32 < 2 * 8 * 8: one round
     assert split_rounds(qs, 32) == [qs]
-    odd = split_rounds(list(range(19)), 1)
-    assert [len(r) for r in odd] == [10, 9] and [q for r in odd for q in r] == list(range(19))
+    odd = split_rounds(list(range(35)), 2)
+    assert [len(r) for r in odd] == [18, 17] and [q for r in odd for q in r] == list(range(35))
     assert split_rounds([], 4) == [[]]
+    assert split_rounds([], 1) == [[]]
 
 
 def test_interleaved_sweep_alternates_systems_within_each_level() -> None:
@@ -96,9 +99,9 @@ def test_interleaved_sweep_alternates_systems_within_each_level() -> None:
     assert log[:4] == [("start", "engine"), ("warmup", "engine"), ("start", "serial"),
                        ("warmup", "serial")]  # fmt: skip
     runs = [(e[1], e[2]) for e in log if e[0] == "query"]
-    # c=1: two rounds of 8; the first system rotates (engine, serial | serial, engine).
+    # c=1: one query per round; the first system rotates (engine, serial | serial, engine).
     c1 = [name for name, level in runs if level == "1"]
-    assert c1 == ["engine"] * 8 + ["serial"] * 8 + ["serial"] * 8 + ["engine"] * 8
+    assert c1 == ["engine", "serial", "serial", "engine"] * 8
     # c=2: one round (16 < 2 * 8 * 2); this level starts with the other system.
     c2 = [name for name, level in runs if level == "2"]
     assert c2 == ["serial"] * 16 + ["engine"] * 16
@@ -117,6 +120,27 @@ def test_interleaved_sweep_alternates_systems_within_each_level() -> None:
     assert (
         a.closed == 1 and b.closed == 1 and log[-2:] == [("close", "engine"), ("close", "serial")]
     )
+
+
+@pytest.mark.parametrize(("interval", "round_lines"), [(3600.0, 0), (0.0, 16)])
+def test_one_query_rounds_print_one_start_line_and_throttled_round_lines(
+    interval: float, round_lines: int
+) -> None:
+    log: list[tuple[str, ...]] = []
+    out = io.StringIO()
+    progress = LogProgress(interval, out)
+    config, plan = _config("interleaved", (1,)), _plan((1,), 8)
+    systems = [_Recorder("engine", log), _Recorder("serial", log)]
+    asyncio.run(run_sweep(config, systems, plan, progress, SweepResult()))
+    lines = out.getvalue().splitlines()
+    started = [x for x in lines if "started" in x]
+    assert started == [
+        "[engine c=1] level started: 8 queries, one per round",
+        "[serial c=1] level started: 8 queries, one per round",
+    ]
+    # A line per round only once an interval has passed since the last line printed.
+    assert sum(1 for x in lines if " round " in x and " done: 1/1 queries" in x) == round_lines
+    assert sum(1 for x in lines if "level done: 8/8 queries" in x) == 2
 
 
 def test_sequential_sweep_runs_one_system_at_a_time() -> None:
@@ -147,9 +171,9 @@ def test_cancelling_mid_level_keeps_partial_rounds() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(
-            run_sweep(_config("interleaved", (1,)), [a, b], _plan((1,), 32), Progress(), result)
+            run_sweep(_config("interleaved", (2,)), [a, b], _plan((2,), 32), Progress(), result)
         )
-        while sum(1 for e in log if e[0] == "query") < 12:  # inside serial's first round
+        while sum(1 for e in log if e[0] == "query") < 20:  # inside serial's first round (of 16)
             await asyncio.sleep(0.001)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -157,9 +181,9 @@ def test_cancelling_mid_level_keeps_partial_rounds() -> None:
 
     asyncio.run(main())
     by_system = {s.system: s for s in result.summaries}
-    assert by_system["engine"].complete is False  # 1 of 4 rounds: not a full level
-    assert by_system["engine"].completed == 8
-    assert 0 < by_system["serial"].completed < 8 and not by_system["serial"].complete
+    assert by_system["engine"].complete is False  # 1 of 2 rounds: not a full level
+    assert by_system["engine"].completed == 16
+    assert 0 < by_system["serial"].completed < 16 and not by_system["serial"].complete
     assert a.closed == 1 and b.closed == 1
 
 
