@@ -75,6 +75,7 @@ class MLXEngine:
         share_prefix_across_keys: bool = False,
         solo_decode: bool = True,
         pad_rows: bool = True,
+        fast_cpu_ops: bool = True,
         name: str = "abstractcore-mlx-engine",
     ) -> None:
         self.model_path = Path(model_path)
@@ -91,6 +92,9 @@ class MLXEngine:
         self.pad_rows = pad_rows
         self.row_padding: RowPadding | None = None
         self._padded = False  # whether the model's layers pad now (batch steps; solo: no)
+        #: Run decode attention and SwiGLU through cpu_ops.py (CPU only); what it replaced.
+        self.fast_cpu_ops = fast_cpu_ops
+        self.cpu_ops: list[str] = []
         self.tokenizer: Any = None
         self.context_length: int | None = None
         self.vocab_size: int = 0
@@ -172,6 +176,7 @@ class MLXEngine:
         if cache is not None:
             stats["prompt_cache"] = cache.store.stats()
         stats["row_padding"] = {} if self.row_padding is None else self.row_padding.padded()
+        stats["cpu_ops"] = list(self.cpu_ops)
         return stats
 
     def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
@@ -280,6 +285,11 @@ class MLXEngine:
                     "row padding for %d dense layers (%.1f s): %s", n,
                     time.perf_counter() - t0, self.row_padding.padded() or "none",
                 )  # fmt: skip
+            if self.fast_cpu_ops and mx.default_device() == mx.cpu:
+                from . import cpu_ops
+
+                self.cpu_ops = cpu_ops.install(model)
+                cpu_ops.enable_on_this_thread()
         self._model = model
         self.tokenizer = tokenizer
         args = getattr(model, "args", None)
@@ -318,8 +328,10 @@ class MLXEngine:
     def _new_generator(self) -> Any:
         from mlx_lm.generate import BatchGenerator
 
+        from . import greedy_decode
+
         eos = [[t] for t in sorted(self.tokenizer.eos_token_ids)]
-        return BatchGenerator(
+        gen = BatchGenerator(
             self._model,
             stop_tokens=eos,
             completion_batch_size=self.max_batch_size,
@@ -327,6 +339,8 @@ class MLXEngine:
             prefill_step_size=self.prefill_step_size,
             stream=self._stream,
         )
+        greedy_decode.install(gen)
+        return gen
 
     def _loop(self) -> None:
         inbox = self._inbox

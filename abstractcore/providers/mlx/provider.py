@@ -49,7 +49,9 @@ class MLXProvider(BaseProvider):
     ``solo_decode`` (decode a request that is alone in the engine without the batch
     machinery, handing it to the batch when another arrives; on by default), ``pad_rows``
     (on the CPU, pad the rows of the model's dense products to the row counts the BLAS was
-    measured to run faster at load; on by default).
+    measured to run faster at load; on by default), ``fast_cpu_ops`` (on the CPU, run a
+    decode step's attention and SwiGLU through faster formulations, cpu_ops.py; on by
+    default).
     Prompt cache (docs/concurrency.md): ``prompt_cache_bytes`` (one budget for every stored
     KV cache; default min(10% of RAM, 2 GiB); 0 turns caching off), ``prefix_cache`` (share
     prefixes between requests without a ``prompt_cache_key``), ``share_prefix_across_keys``
@@ -75,6 +77,7 @@ class MLXProvider(BaseProvider):
         share_prefix_across_keys: bool = False,
         solo_decode: bool = True,
         pad_rows: bool = True,
+        fast_cpu_ops: bool = True,
         **generation_defaults: Any,
     ) -> None:
         super().__init__(model, **generation_defaults)
@@ -83,7 +86,9 @@ class MLXProvider(BaseProvider):
         _check_int_option("prefill_batch_size", prefill_batch_size)
         _check_int_option("prefill_step_size", prefill_step_size)
         _check_int_option("max_queue", max_queue)
-        for name, flag in (("solo_decode", solo_decode), ("pad_rows", pad_rows)):
+        flags = (("solo_decode", solo_decode), ("pad_rows", pad_rows),
+                 ("fast_cpu_ops", fast_cpu_ops))  # fmt: skip
+        for name, flag in flags:
             if not isinstance(flag, bool):
                 raise InvalidRequestError(
                     f"{name} must be True or False, got {flag!r}",
@@ -120,6 +125,7 @@ class MLXProvider(BaseProvider):
             share_prefix_across_keys=share_prefix_across_keys,
             solo_decode=solo_decode,
             pad_rows=pad_rows,
+            fast_cpu_ops=fast_cpu_ops,
         )
         self._engine.start()
         self._closer = weakref.finalize(self, self._engine.close)
@@ -156,9 +162,10 @@ class MLXProvider(BaseProvider):
         ``BatchGenerator.next()`` or a solo step), busy_s, wall_s, solo_requests (requests
         started alone, without the batch machinery), solo_handovers (of those, the ones
         moved into the batch when another request arrived), row_padding (row counts whose
-        dense products run padded, and to what), and
-        ``prompt_cache`` (enabled, reason, entries, bytes, budget, hits, misses, evictions,
-        tokens_saved, in_use, keyed_entries, prefix_nodes)."""
+        dense products run padded, and to what), cpu_ops (the model functions replaced by
+        faster CPU formulations: ``fast_cpu_ops``), and ``prompt_cache`` (enabled, reason,
+        entries, bytes, budget, hits, misses, evictions, tokens_saved, in_use, keyed_entries,
+        prefix_nodes)."""
         return self._engine.stats()
 
     def save_prompt_cache(self, key: str, path: str | os.PathLike[str]) -> Path:
