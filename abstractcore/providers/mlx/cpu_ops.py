@@ -107,10 +107,10 @@ def swiglu(gate: Any, x: Any) -> Any:
 
 
 def decode_attention(queries: Any, keys: Any, values: Any, scale: float, mask: Any) -> Any:
-    """Attention of one query token per row: queries (B, H, 1, D), keys and values
-    (B, Hk, L, D), ``mask`` None or of a shape :func:`_decode_mask` accepts (boolean: True
-    attends; otherwise added to the scores). The query heads of a key/value head become rows of one
-    product, as in MLX's own fallback, which makes one product per query head."""
+    """Attention of one query token per row: queries (B, H, 1, D), keys (B, Hk, L, D),
+    values (B, Hk, L, Dv), ``mask`` None or of a shape :func:`_decode_mask` accepts (boolean:
+    True attends; otherwise added to the scores). The query heads that share a key/value head
+    become the rows of one product, where MLX's CPU fallback makes one product per head."""
     import mlx.core as mx
 
     b, h, _, d = queries.shape
@@ -122,7 +122,7 @@ def decode_attention(queries: Any, keys: Any, values: Any, scale: float, mask: A
         else:
             scores = scores + mask
     weights = mx.softmax(scores, axis=-1, precise=True)
-    return (weights @ values).reshape(b, h, 1, d)
+    return (weights @ values).reshape(b, h, 1, values.shape[-1])  # values' head size
 
 
 def _fast_here() -> bool:

@@ -49,9 +49,8 @@ class MLXProvider(BaseProvider):
     ``solo_decode`` (decode a request that is alone in the engine without the batch
     machinery, handing it to the batch when another arrives; on by default), ``pad_rows``
     (on the CPU, pad the rows of the model's dense products to the row counts the BLAS was
-    measured to run faster at load; on by default), ``fast_cpu_ops`` (on the CPU, run a
-    decode step's attention and SwiGLU through faster formulations, cpu_ops.py; on by
-    default).
+    measured to run faster at load; on by default), ``fast_cpu_ops`` (on the CPU, run
+    decode attention and SwiGLU through faster formulations, cpu_ops.py; on by default).
     Prompt cache (docs/concurrency.md): ``prompt_cache_bytes`` (one budget for every stored
     KV cache; default min(10% of RAM, 2 GiB); 0 turns caching off), ``prefix_cache`` (share
     prefixes between requests without a ``prompt_cache_key``), ``share_prefix_across_keys``

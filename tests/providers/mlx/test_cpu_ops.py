@@ -64,6 +64,17 @@ def test_decode_attention_equals_mlx(
         assert mx.allclose(got, expected, rtol=1e-5, atol=1e-6).item()
 
 
+def test_decode_attention_keeps_the_value_head_size() -> None:
+    import mlx.core as mx
+
+    q, k, _ = _qkv(4, 6, 2, 11)
+    v = mx.random.normal((4, 2, 11, 32))  # value heads smaller than query/key heads
+    expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=None)
+    got = cpu_ops.decode_attention(q, k, v, 0.125, None)
+    assert got.shape == expected.shape == (4, 6, 1, 32)
+    assert mx.allclose(got, expected, rtol=1e-5, atol=1e-6).item()
+
+
 def test_only_decode_shaped_masks_are_folded() -> None:
     import mlx.core as mx
 

@@ -121,7 +121,8 @@ def test_bad_request_values_name_the_field(
 @pytest.mark.parametrize(
     ("option", "value"),
     [("max_batch_size", 0), ("prefill_batch_size", "8"), ("max_queue", -1), ("queue_timeout_s", 0),
-     ("prefill_step_size", True), ("temperature", -0.5), ("solo_decode", "yes")],
+     ("prefill_step_size", True), ("temperature", -0.5), ("solo_decode", "yes"),
+     ("fast_cpu_ops", 1)],
 )  # fmt: skip
 def test_bad_engine_options_name_the_option(
     embedded_model_dir: Path, option: str, value: Any
