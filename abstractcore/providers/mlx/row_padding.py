@@ -15,16 +15,38 @@ greedy outputs stay identical.
 Only ``nn.Linear`` and ``nn.Embedding.as_linear`` (tied output projections) of exact type are
 padded, and only on the CPU, where the effect was measured. Everything here runs on the
 engine thread.
+
+Calibrating takes a few seconds (4.8 s for SmolLM2 on the 2-core machine), and what it
+measures belongs to the machine, not to the process, so a table is kept on disk under
+``<cache>/row_padding/`` (next to the models), keyed by the CPU, its core count, the BLAS
+library, the MLX version, the device and the products' shapes: each later start on the same
+machine reads it. A table measured while the machine was busy would be kept too, so
+``ABSTRACTCORE_RECALIBRATE=1`` measures again and replaces it. A wrong table costs speed,
+never correctness: padding leaves the real rows unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["RowPadding", "apply", "calibrate", "padded_modules", "remove"]
+__all__ = ["RECALIBRATE_ENV", "RowPadding", "apply", "calibrate", "padded_modules", "remove"]
+
+log = logging.getLogger(__name__)
+
+#: Set to 1 to measure the table again (and replace the one kept on disk).
+RECALIBRATE_ENV = "ABSTRACTCORE_RECALIBRATE"
+#: Version of the on-disk tables; bump it when the calibration method changes.
+_DISK_FORMAT = 1
 
 #: Pad only when the larger row count costs at most this share of the smaller one.
 MARGIN = 0.95
@@ -90,8 +112,8 @@ def calibrate(model: Any, max_rows: int, *, budget_s: float = BUDGET_S) -> RowPa
     only when the larger one, with the cost of padding, takes below ``MARGIN`` of its time.
     Row counts are measured in increasing order until ``budget_s`` is spent (a large model's
     products are slow); the ones not reached are never padded. The measurements are cached
-    per device, dtype and shapes (up to at least 32 rows): one calibration per process and
-    model kind, whatever each engine's ``max_batch_size``.
+    per device, dtype and shapes (up to at least 32 rows), in the process and on disk: one
+    calibration per machine and model kind, whatever each engine's ``max_batch_size``.
     """
     import mlx.core as mx
 
@@ -106,8 +128,109 @@ def calibrate(model: Any, max_rows: int, *, budget_s: float = BUDGET_S) -> RowPa
     with _cache_lock:
         table = _cache.get(key)
         if table is None:
-            table = _cache[key] = _calibrate(counted, limit, budget_s)
+            table = _cache[key] = _kept_or_measured(counted, limit, budget_s)
     return RowPadding(table.pad_to[: max_rows + 1])
+
+
+def _kept_or_measured(
+    counted: dict[tuple[tuple[int, ...], Any], int], limit: int, budget_s: float
+) -> RowPadding:
+    """The table kept on disk for this machine and these shapes, or a new measurement
+    (which is then kept)."""
+    disk_key = _disk_key(counted, limit, budget_s)
+    path = _disk_path(disk_key)
+    if os.environ.get(RECALIBRATE_ENV, "").strip() not in ("1", "true", "yes"):
+        table = _read_table(path, disk_key, limit)
+        if table is not None:
+            log.info("row padding table read from %s", path)
+            return table
+    t0 = time.perf_counter()
+    table = _calibrate(counted, limit, budget_s)
+    _write_table(path, disk_key, table, time.perf_counter() - t0)
+    return table
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _disk_key(
+    counted: dict[tuple[tuple[int, ...], Any], int], limit: int, budget_s: float
+) -> dict[str, Any]:
+    """Everything a table depends on, as JSON values."""
+    import mlx.core as mx
+
+    from .blas import preload_blas
+
+    return {
+        "format": _DISK_FORMAT,
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "blas": preload_blas() or "mlx's own",
+        "mlx": importlib.metadata.version("mlx"),
+        "device": str(mx.default_device()),
+        "products": sorted([list(shape), str(dtype), n] for (shape, dtype), n in counted.items()),
+        "limit": limit,
+        "margin": MARGIN,
+        "repeats": REPEATS,
+        "budget_s": budget_s,
+    }
+
+
+def _disk_path(disk_key: dict[str, Any]) -> Path:
+    from .loading import cache_dir
+
+    digest = hashlib.sha256(json.dumps(disk_key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir().parent / "row_padding" / f"{digest}.json"
+
+
+def _read_table(path: Path, disk_key: dict[str, Any], limit: int) -> RowPadding | None:
+    """The kept table, or None when there is none or it does not hold up (then it is
+    measured again and replaced)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the unreadable row padding table %s: %s", path, exc)
+        return None
+    pad_to = data.get("pad_to") if isinstance(data, dict) else None
+    valid = (
+        isinstance(pad_to, list)
+        and data.get("key") == disk_key
+        and 2 <= len(pad_to) <= limit + 1
+        and all(type(p) is int and m <= p < len(pad_to) for m, p in enumerate(pad_to))
+        and pad_to[:2] == [0, 1]
+    )
+    if not valid or not isinstance(pad_to, list):
+        log.warning("ignoring the row padding table %s: it does not match this machine", path)
+        return None
+    return RowPadding(pad_to)
+
+
+def _write_table(path: Path, disk_key: dict[str, Any], table: RowPadding, took_s: float) -> None:
+    data = {
+        "key": disk_key,
+        "pad_to": list(table.pad_to),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "took_s": round(took_s, 2),
+    }
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a concurrent start reads the old table or the new one
+    except OSError as exc:
+        log.warning("could not keep the row padding table in %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def _calibrate(

@@ -24,7 +24,7 @@ def _run(reference: Any, prompts: list[str], samplers: list[Any], *, install: bo
         assert type(gen._generation_batch) is greedy_decode.GreedyGenerationBatch
     tokens = [tok.apply_chat_template([{"role": "user", "content": p}],
                                       add_generation_prompt=True) for p in prompts]  # fmt: skip
-    uids = gen.insert(tokens, max_tokens=[20] * len(prompts), samplers=samplers)
+    uids = gen.insert(tokens, max_tokens=[12] * len(prompts), samplers=samplers)
     out: dict[int, list[tuple[int, int]]] = {u: [] for u in uids}
     done: set[int] = set()
     try:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from abstractcore.providers.mlx import row_padding
 from abstractcore.providers.mlx.row_padding import RowPadding
+
+
+@pytest.fixture(autouse=True)
+def _tables_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep this module's (partly faked) tables out of the user's cache."""
+    real = row_padding._disk_path
+    monkeypatch.setattr(row_padding, "_disk_path", lambda key: tmp_path / real(key).name)
+    monkeypatch.delenv(row_padding.RECALIBRATE_ENV, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -128,6 +138,57 @@ def test_calibration_stops_at_its_budget(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 # ---------------------------------------------------------------------- the real model
+def test_a_measured_table_is_kept_on_disk_and_read_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_timing(monkeypatch, {16: 6.0, 32: 10.0}, pad_cost=0.0)
+    first = row_padding.calibrate(_tiny_model(), 32)
+    (kept,) = tmp_path.glob("*.json")
+    data = json.loads(kept.read_text())
+    assert data["pad_to"] == list(first.pad_to) and data["key"]["limit"] == 32
+    assert data["key"]["cores"] and data["key"]["blas"] and data["key"]["products"]
+
+    def no_measuring(*args: Any) -> Any:
+        raise AssertionError("measured again although a table was kept")
+
+    monkeypatch.setattr(row_padding, "_cache", {})  # a new process
+    monkeypatch.setattr(row_padding, "_calibrate", no_measuring)
+    assert row_padding.calibrate(_tiny_model(), 32).pad_to == first.pad_to
+    assert row_padding.calibrate(_tiny_model(), 8).pad_to == first.pad_to[:9]  # same table
+
+
+def test_a_kept_table_that_does_not_hold_up_is_measured_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _fake_timing(monkeypatch, {16: 6.0, 32: 10.0}, pad_cost=0.0)
+    good = row_padding.calibrate(_tiny_model(), 32).pad_to
+    (kept,) = tmp_path.glob("*.json")
+    data = json.loads(kept.read_text())
+    broken = [
+        "{not json",
+        json.dumps({**data, "pad_to": [0, 1, 1]}),  # pads 2 rows down to 1
+        json.dumps({**data, "pad_to": [0, 1, 99]}),  # past the table
+        json.dumps({**data, "key": {**data["key"], "cpu": "another CPU"}}),
+    ]
+    for text in broken:
+        kept.write_text(text)
+        monkeypatch.setattr(row_padding, "_cache", {})
+        assert row_padding.calibrate(_tiny_model(), 32).pad_to == good
+        assert json.loads(kept.read_text())["pad_to"] == list(good)  # replaced
+
+
+def test_recalibrate_env_measures_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _fake_timing(monkeypatch, {16: 6.0, 32: 10.0}, pad_cost=0.0)
+    row_padding.calibrate(_tiny_model(), 32)
+    _fake_timing(monkeypatch, {}, pad_cost=0.0)  # now every count costs its rows: no padding
+    assert row_padding.calibrate(_tiny_model(), 32).padded() != {}  # the kept table
+    monkeypatch.setattr(row_padding, "_cache", {})
+    monkeypatch.setenv(row_padding.RECALIBRATE_ENV, "1")
+    assert row_padding.calibrate(_tiny_model(), 32).padded() == {}
+    (kept,) = tmp_path.glob("*.json")
+    assert json.loads(kept.read_text())["pad_to"] == list(range(33))
+
+
 @pytest.mark.mlx
 @pytest.mark.anyio
 async def test_greedy_batches_of_every_size_are_unchanged_by_padding(
