@@ -191,19 +191,24 @@ def install(model: Any) -> list[str]:
     if module is None:
         return []
     replaced = []
-    sdpa = getattr(module, "scaled_dot_product_attention", None)
-    if sdpa is base.scaled_dot_product_attention:
-        module.scaled_dot_product_attention = _attention_dispatcher(sdpa)  # type: ignore[attr-defined]
+    sdpa = base.scaled_dot_product_attention
+    if _replace(module, "scaled_dot_product_attention", sdpa, _attention_dispatcher):
         replaced.append("scaled_dot_product_attention")
-    elif getattr(sdpa, "__wrapped__", None) is base.scaled_dot_product_attention:
-        replaced.append("scaled_dot_product_attention")  # installed by an earlier engine
-    act = getattr(module, "swiglu", None)
-    if act is activations.swiglu and shutil.which("g++"):
-        module.swiglu = _swiglu_dispatcher(act)  # type: ignore[attr-defined]
-        replaced.append("swiglu")
-    elif getattr(act, "__wrapped__", None) is activations.swiglu:
+    if shutil.which("g++") and _replace(module, "swiglu", activations.swiglu, _swiglu_dispatcher):
         replaced.append("swiglu")
     return replaced
+
+
+def _replace(
+    module: Any, name: str, original: Any, dispatcher: Callable[[Any], Callable[..., Any]]
+) -> bool:
+    """Put ``dispatcher(original)`` in place of ``module.name`` if that is ``original``;
+    True when the module calls a dispatcher now (this one or an earlier engine's)."""
+    current = getattr(module, name, None)
+    if current is original:
+        setattr(module, name, dispatcher(original))
+        return True
+    return getattr(current, "__wrapped__", None) is original
 
 
 def enable_on_this_thread(on: bool = True) -> None:

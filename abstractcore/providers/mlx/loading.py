@@ -40,6 +40,8 @@ __all__ = [
     "resolve_model_path",
 ]
 
+#: What an environment switch set to "on" looks like (compared stripped and lower-cased).
+TRUE_VALUES = ("1", "true", "yes", "on")
 #: Overrides the abstractcore cache root (models go to ``$ABSTRACTCORE_CACHE_DIR/models``).
 CACHE_ENV = "ABSTRACTCORE_CACHE_DIR"
 
@@ -123,7 +125,7 @@ def _hf_offline() -> bool:
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(constants.HF_HUB_OFFLINE) or env.strip().lower() in ("1", "true", "yes", "on")
+    return bool(constants.HF_HUB_OFFLINE) or env.strip().lower() in TRUE_VALUES
 
 
 def _hf_cached(repo: str) -> Path | None:

@@ -139,7 +139,9 @@ def _kept_or_measured(
     (which is then kept)."""
     disk_key = _disk_key(counted, limit, budget_s)
     path = _disk_path(disk_key)
-    if os.environ.get(RECALIBRATE_ENV, "").strip() not in ("1", "true", "yes"):
+    from .loading import TRUE_VALUES
+
+    if os.environ.get(RECALIBRATE_ENV, "").strip().lower() not in TRUE_VALUES:
         table = _read_table(path, disk_key, limit)
         if table is not None:
             log.info("row padding table read from %s", path)
@@ -203,14 +205,13 @@ def _read_table(path: Path, disk_key: dict[str, Any], limit: int) -> RowPadding 
         log.warning("ignoring the unreadable row padding table %s: %s", path, exc)
         return None
     pad_to = data.get("pad_to") if isinstance(data, dict) else None
-    valid = (
+    if not (
         isinstance(pad_to, list)
         and data.get("key") == disk_key
         and 2 <= len(pad_to) <= limit + 1
         and all(type(p) is int and m <= p < len(pad_to) for m, p in enumerate(pad_to))
         and pad_to[:2] == [0, 1]
-    )
-    if not valid or not isinstance(pad_to, list):
+    ):
         log.warning("ignoring the row padding table %s: it does not match this machine", path)
         return None
     return RowPadding(pad_to)
