@@ -147,8 +147,13 @@ def _add_models_group(commands: Any) -> None:
     pull.add_argument(
         "name", help="alias (smollm2-135m), .gguf file, MLX directory or Hugging Face repo id"
     )
-    pull.add_argument("--dtype", choices=DTYPES, default=None, help="weights of a GGUF conversion "
-                      "(default: float32 on CPU, keep = stay quantized on Apple silicon)")  # fmt: skip
+    pull.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help="weights of a GGUF conversion "
+        "(default: float32 on CPU, keep = stay quantized on Apple silicon)",
+    )
     pull.add_argument("--force", action="store_true", help="redo the download and conversion")
     pull.set_defaults(handler=_cmd_models_pull)
 

@@ -42,7 +42,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["CONFIG_FILENAME", "PROVIDER_ENV_VARS", "EnvSettings", "ResolvedConfig", "resolve_config"]
+__all__ = [
+    "CONFIG_FILENAME",
+    "PROVIDER_ENV_VARS",
+    "EnvSettings",
+    "ResolvedConfig",
+    "resolve_config",
+]
 
 CONFIG_FILENAME = "abstractcore.toml"
 
@@ -214,7 +220,9 @@ def _load_toml(path: Path) -> dict[str, Any]:
             f"config file {path} is not valid TOML: {exc}", setting="config"
         ) from exc
     except OSError as exc:
-        raise ConfigurationError(f"cannot read config file {path}: {exc}", setting="config") from exc
+        raise ConfigurationError(
+            f"cannot read config file {path}: {exc}", setting="config"
+        ) from exc
 
 
 def _pick_profile(
@@ -324,15 +332,22 @@ def _check_strings(layer: _Layer) -> None:
         empty_ok = key == "api_key"  # local servers often take any key, even ""
         if value is not None and (not isinstance(value, str) or not (empty_ok or value.strip())):
             raise ConfigurationError(
-                f"{key} must be a {'' if empty_ok else 'non-empty '}string, got {value!r} (from {layer.sources[key]})",
+                f"{key} must be a {'' if empty_ok else 'non-empty '}string, "
+                f"got {value!r} (from {layer.sources[key]})",
                 setting=key,
             )
 
 
 def _where(setting: str, provider: str | None, path: Path | None, profile: str | None) -> str:
     """Every place a setting can come from, in precedence order."""
-    file = str(path) if path is not None else f"./{CONFIG_FILENAME} (or the file in ABSTRACTCORE_CONFIG)"
-    table = f"[profiles.{profile}] or the top level" if profile else "the top level or [profiles.NAME]"
+    file = (
+        str(path)
+        if path is not None
+        else f"./{CONFIG_FILENAME} (or the file in ABSTRACTCORE_CONFIG)"
+    )
+    table = (
+        f"[profiles.{profile}] or the top level" if profile else "the top level or [profiles.NAME]"
+    )
     places = [f"pass {setting}=... to create_llm()"]
     if setting in ("provider", "model"):
         places.append(f"set ABSTRACTCORE_{setting.upper()}")

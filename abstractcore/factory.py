@@ -93,7 +93,8 @@ def create_llm(
     profile: str | None = None,
     **options: Any,
 ) -> BaseProvider:
-    """Return a provider: ``create_llm("openai", model="gpt-4o-mini")`` or ``create_llm(profile="prod")``.
+    """Return a provider: ``create_llm("openai", model="gpt-4o-mini")`` or
+    ``create_llm(profile="prod")``.
 
     Settings come from, in order: these arguments, the ``ABSTRACTCORE_*`` environment
     variables, then ``./abstractcore.toml`` (or the file in ``ABSTRACTCORE_CONFIG``) and its

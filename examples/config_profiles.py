@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     """Answer one prompt with the backend the config file names."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("prompt", nargs="?", default="Say hello in five words.")
-    parser.add_argument("--profile", default="prod", help="profile in the TOML file (default: prod)")
+    parser.add_argument(
+        "--profile", default="prod", help="profile in the TOML file (default: prod)"
+    )
     parser.add_argument("--show", action="store_true", help="print the backend and exit")
     args = parser.parse_args(argv)
 
@@ -34,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with create_llm(profile=args.profile) as llm:
             base_url = getattr(llm, "base_url", None)
-            print(f"profile={args.profile} backend={type(llm).__name__} model={llm.model}"
-                  + (f" base_url={base_url}" if base_url else ""))
+            print(
+                f"profile={args.profile} backend={type(llm).__name__} model={llm.model}"
+                + (f" base_url={base_url}" if base_url else "")
+            )
             if args.show:
                 return 0
             for chunk in llm.stream(args.prompt):

@@ -312,7 +312,8 @@ def targets(tagged: list[tuple[int, LevelSummary]], level: int) -> list[str]:
     )
     if ours is not None and theirs is not None:
         out.append(
-            f"c={level}: p50 TTFT (median over rounds) server {ours:.2f} s vs mlx-lm {theirs:.2f} s: "
+            f"c={level}: p50 TTFT (median over rounds) server {ours:.2f} s "
+            f"vs mlx-lm {theirs:.2f} s: "
             f"{'PASS' if ours <= theirs else 'FAIL'}"
         )
     return out

@@ -114,12 +114,13 @@ def main() -> None:
     base = single["mlx_lm_tok_s"]
     print(f"\nsingle-stream mlx_lm.generate: {base:.1f} tok/s; engine at concurrency 1: "
           f"{single['engine_tok_s']:.1f} tok/s ({single['engine_tok_s'] / base:.2f}x)")  # fmt: skip
-    print(
-        f"{'conc':>5} {'tok/s':>8} {'x single':>9} {'p50 ttft':>9} {'outside next':>13} {'batch':>6}"
-    )
+    head = ("conc", "tok/s", "x single", "p50 ttft", "outside next", "batch")
+    widths = (5, 8, 9, 9, 13, 6)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths)))
     for r in rows:
         print(f"{r['concurrency']:>5} {r['tok_s']:>8.1f} {r['tok_s'] / base:>9.2f} "
-              f"{r['p50_ttft_s']:>8.2f}s {r['outside_next_share']:>12.1%} {r['mean_batch']:>6.1f}")  # fmt: skip
+              f"{r['p50_ttft_s']:>8.2f}s {r['outside_next_share']:>12.1%} "
+              f"{r['mean_batch']:>6.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

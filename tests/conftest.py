@@ -69,7 +69,9 @@ def no_thread_leak() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
     leftover = [
-        t for t in threading.enumerate() if t not in before and t.is_alive() and not t.name.startswith("asyncio_")
+        t
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.name.startswith("asyncio_")
     ]
     for t in leftover:
         t.join(timeout=5)
@@ -91,7 +93,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    """The converted embedded model (smollm2-135m) directory; converted once per machine, then cached."""
+    """The converted embedded model (smollm2-135m) directory; converted once per machine,
+    then cached."""
     from abstractcore.providers.mlx.loading import resolve_model_path
 
     return resolve_model_path("smollm2-135m")

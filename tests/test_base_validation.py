@@ -128,7 +128,9 @@ def _check(exc: pytest.ExceptionInfo[InvalidRequestError], field: str) -> None:
 
 
 @pytest.mark.parametrize("verb", SYNC_VERBS, ids=lambda v: v.__name__[6:])
-@pytest.mark.parametrize(("kwargs", "field"), BAD_FIELDS, ids=[f"{f}={next(iter(k.values()))!r}" for k, f in BAD_FIELDS])
+@pytest.mark.parametrize(
+    ("kwargs", "field"), BAD_FIELDS, ids=[f"{f}={next(iter(k.values()))!r}" for k, f in BAD_FIELDS]
+)
 def test_bad_field_sync(verb: Callable[..., Any], kwargs: dict[str, Any], field: str) -> None:
     llm = EchoProvider()
     with pytest.raises(InvalidRequestError) as exc:
@@ -139,8 +141,12 @@ def test_bad_field_sync(verb: Callable[..., Any], kwargs: dict[str, Any], field:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("verb", ASYNC_VERBS, ids=lambda v: v.__name__[6:])
-@pytest.mark.parametrize(("kwargs", "field"), BAD_FIELDS, ids=[f"{f}={next(iter(k.values()))!r}" for k, f in BAD_FIELDS])
-async def test_bad_field_async(verb: Callable[..., Any], kwargs: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "field"), BAD_FIELDS, ids=[f"{f}={next(iter(k.values()))!r}" for k, f in BAD_FIELDS]
+)
+async def test_bad_field_async(
+    verb: Callable[..., Any], kwargs: dict[str, Any], field: str
+) -> None:
     llm = EchoProvider()
     with pytest.raises(InvalidRequestError) as exc:
         await verb(llm, "hello", **kwargs)
@@ -149,7 +155,9 @@ async def test_bad_field_async(verb: Callable[..., Any], kwargs: dict[str, Any],
 
 
 @pytest.mark.parametrize("verb", SYNC_VERBS, ids=lambda v: v.__name__[6:])
-@pytest.mark.parametrize(("prompt", "kwargs", "field"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))])
+@pytest.mark.parametrize(
+    ("prompt", "kwargs", "field"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))]
+)
 def test_bad_prompt_or_messages_sync(
     verb: Callable[..., Any], prompt: Any, kwargs: dict[str, Any], field: str
 ) -> None:
@@ -160,7 +168,9 @@ def test_bad_prompt_or_messages_sync(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("verb", ASYNC_VERBS, ids=lambda v: v.__name__[6:])
-@pytest.mark.parametrize(("prompt", "kwargs", "field"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))])
+@pytest.mark.parametrize(
+    ("prompt", "kwargs", "field"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))]
+)
 async def test_bad_prompt_or_messages_async(
     verb: Callable[..., Any], prompt: Any, kwargs: dict[str, Any], field: str
 ) -> None:
@@ -238,7 +248,12 @@ def test_constructor_defaults_apply_and_calls_override_them() -> None:
     llm = EchoProvider(temperature=0.5, max_output_tokens=4, stop="X", timeout=None)
     llm.generate("a")
     first = llm.requests[-1]
-    assert (first.temperature, first.max_output_tokens, first.stop, first.timeout) == (0.5, 4, ["X"], None)
+    assert (first.temperature, first.max_output_tokens, first.stop, first.timeout) == (
+        0.5,
+        4,
+        ["X"],
+        None,
+    )
     llm.generate("a", temperature=0.0, stop=["Y"])
     second = llm.requests[-1]
     assert (second.temperature, second.max_output_tokens, second.stop) == (0.0, 4, ["Y"])

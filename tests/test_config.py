@@ -73,7 +73,10 @@ def test_arguments_beat_environment_beat_file(cwd: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setenv("ABSTRACTCORE_MODEL", "from-env")
     cfg = resolve_config()
-    assert cfg.model == "from-env" and cfg.sources["model"] == "environment variable ABSTRACTCORE_MODEL"
+    assert (
+        cfg.model == "from-env"
+        and cfg.sources["model"] == "environment variable ABSTRACTCORE_MODEL"
+    )
 
     cfg = resolve_config(model="from-arg")
     assert cfg.model == "from-arg" and cfg.sources["model"] == "argument model="
@@ -95,7 +98,10 @@ def test_options_from_file_and_arguments_merge(cwd: Path) -> None:
 def test_environment_provider_beats_file_and_drops_its_connection_settings(
     cwd: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _write(cwd / "abstractcore.toml", 'provider = "ollama"\nmodel = "llama3.2"\nbase_url = "http://h:1"\ntemperature = 0.5\n')
+    _write(
+        cwd / "abstractcore.toml",
+        'provider = "ollama"\nmodel = "llama3.2"\nbase_url = "http://h:1"\ntemperature = 0.5\n',
+    )
     monkeypatch.setenv("ABSTRACTCORE_PROVIDER", "lmstudio")
     cfg = resolve_config()
     assert cfg.provider == "lmstudio" and cfg.sources["provider"].endswith("ABSTRACTCORE_PROVIDER")
@@ -105,7 +111,9 @@ def test_environment_provider_beats_file_and_drops_its_connection_settings(
     assert "'ollama'" in msg and "ABSTRACTCORE_MODEL" in msg
 
 
-def test_empty_environment_variables_count_as_unset(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_environment_variables_count_as_unset(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _write(cwd / "abstractcore.toml", 'provider = "ollama"\n')
     monkeypatch.setenv("ABSTRACTCORE_PROVIDER", "")
     monkeypatch.setenv("ABSTRACTCORE_CONFIG", "")
@@ -129,12 +137,16 @@ def test_profile_precedence(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the top level's ollama base_url does not leak into another backend's profile
     assert cfg.options == {"api_key": "sk-test", "temperature": 0.0, "max_output_tokens": 64}
     assert cfg.sources["api_key"] == (
-        f"environment variable PROD_KEY (api_key_env in {cwd / 'abstractcore.toml'} [profiles.prod])"
+        "environment variable PROD_KEY "
+        f"(api_key_env in {cwd / 'abstractcore.toml'} [profiles.prod])"
     )
 
 
 def test_transport_settings_stay_with_their_backend(cwd: Path) -> None:
-    _write(cwd / "abstractcore.toml", 'provider = "ollama"\nmax_retries = 5\ntop_k = 3\n[profiles.local]\nprovider = "mlx"\n')
+    _write(
+        cwd / "abstractcore.toml",
+        'provider = "ollama"\nmax_retries = 5\ntop_k = 3\n[profiles.local]\nprovider = "mlx"\n',
+    )
     assert resolve_config(profile="local").options == {"top_k": 3}
     assert resolve_config().options == {"max_retries": 5, "top_k": 3}
 
@@ -145,7 +157,9 @@ def test_profile_without_provider_inherits_top_level(cwd: Path) -> None:
     assert cfg.provider == "ollama" and cfg.options["base_url"] == "http://127.0.0.1:11434"
 
 
-def test_unknown_profile_names_source_file_and_known_profiles(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_profile_names_source_file_and_known_profiles(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _write(cwd / "abstractcore.toml", FILE)
     with pytest.raises(ConfigurationError) as exc:
         resolve_config(profile="staging")
@@ -165,7 +179,9 @@ def test_profile_without_a_file(cwd: Path) -> None:
     assert "abstractcore.toml" in str(exc.value) and "ABSTRACTCORE_CONFIG" in str(exc.value)
 
 
-def test_abstractcore_config_points_at_another_file(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_abstractcore_config_points_at_another_file(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = _write(cwd / "elsewhere.toml", 'provider = "anthropic"\nmodel = "claude-x"\n')
     _write(cwd / "abstractcore.toml", 'provider = "ollama"\n')
     monkeypatch.setenv("ABSTRACTCORE_CONFIG", str(other))
@@ -192,8 +208,13 @@ def test_api_key_and_api_key_env_together_is_an_error(cwd: Path) -> None:
         resolve_config()
 
 
-def test_profile_api_key_env_replaces_top_level_api_key(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write(cwd / "abstractcore.toml", 'provider = "openai"\napi_key = "top"\n[profiles.p]\napi_key_env = "K"\n')
+def test_profile_api_key_env_replaces_top_level_api_key(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(
+        cwd / "abstractcore.toml",
+        'provider = "openai"\napi_key = "top"\n[profiles.p]\napi_key_env = "K"\n',
+    )
     monkeypatch.setenv("K", "from-var")
     assert resolve_config(profile="p").options["api_key"] == "from-var"
     assert resolve_config(options={"api_key": None}).options["api_key"] == "top"
@@ -229,7 +250,7 @@ def test_malformed_toml_names_the_file(cwd: Path) -> None:
         ('provider = "ollama"\n[profiles]\nprod = "x"\n', "profiles.prod"),
         ('provider = "ollama"\n[server]\nport = 1\n', "server"),
         ('provider = "ollama"\ndefault_profile = 3\n', "profile"),
-        ('[profiles.p]\nprovider = true\n', "provider"),
+        ("[profiles.p]\nprovider = true\n", "provider"),
     ],
 )
 def test_wrong_types_in_file(cwd: Path, text: str, setting: str) -> None:
@@ -256,11 +277,18 @@ def test_resolved_config_is_a_plain_value(cwd: Path) -> None:
 # ---------------------------------------------------------------------- real providers
 # Constructing a provider makes no network request, so no server is needed here.
 SWITCHES = [
-    ('provider = "openai-compatible"\nmodel = "m"\nbase_url = "http://127.0.0.1:9/v1"\napi_key = "k"\n',
-     "OpenAICompatibleProvider", "http://127.0.0.1:9/v1"),
+    (
+        'provider = "openai-compatible"\nmodel = "m"\n'
+        'base_url = "http://127.0.0.1:9/v1"\napi_key = "k"\n',
+        "OpenAICompatibleProvider",
+        "http://127.0.0.1:9/v1",
+    ),
     ('provider = "lmstudio"\nmodel = "m"\n', "LMStudioProvider", "http://localhost:1234/v1"),
-    ('provider = "ollama"\nmodel = "m"\nbase_url = "http://127.0.0.1:11435"\n',
-     "OllamaProvider", "http://127.0.0.1:11435"),
+    (
+        'provider = "ollama"\nmodel = "m"\nbase_url = "http://127.0.0.1:11435"\n',
+        "OllamaProvider",
+        "http://127.0.0.1:11435",
+    ),
 ]
 
 
@@ -282,7 +310,13 @@ def test_missing_model_for_real_provider_names_its_env_vars(cwd: Path) -> None:
         create_llm("openai")
     msg = str(exc.value)
     assert exc.value.setting == "model"
-    for place in ("model=", "ABSTRACTCORE_MODEL", "abstractcore.toml", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    for place in (
+        "model=",
+        "ABSTRACTCORE_MODEL",
+        "abstractcore.toml",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+    ):
         assert place in msg, (place, msg)
 
 
@@ -294,8 +328,19 @@ def test_example_app_switches_backend_by_editing_its_toml(cwd: Path) -> None:
 
     def show() -> str:
         proc = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "config_profiles.py"), "--show", "--profile", "prod"],
-            check=False, capture_output=True, text=True, env=env, timeout=60, cwd=cwd,
+            [
+                sys.executable,
+                str(ROOT / "examples" / "config_profiles.py"),
+                "--show",
+                "--profile",
+                "prod",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=cwd,
         )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout

@@ -1,4 +1,5 @@
-"""The provider registry and create_llm(): entry-point plugins, defaults, errors that name their source.
+"""The provider registry and create_llm(): entry-point plugins, defaults, errors that name
+their source.
 
 A real plugin is installed for these tests: a ``*.dist-info`` directory with an
 ``entry_points.txt`` on ``sys.path``, found by ``importlib.metadata`` exactly as a pip-installed
@@ -59,7 +60,9 @@ class KeyedProvider(EchoProvider):
     provider_name: ClassVar[str] = "keyed"
     default_model: ClassVar[str | None] = None
 
-    def __init__(self, model: str, *, api_key: str | None = None, base_url: str | None = None) -> None:
+    def __init__(
+        self, model: str, *, api_key: str | None = None, base_url: str | None = None
+    ) -> None:
         if not api_key:
             raise ConfigurationError("the keyed provider needs an API key", setting="api_key")
         super().__init__(model, api_key=api_key, base_url=base_url)
@@ -86,13 +89,20 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (site / "abstractcore_testplugin-0.1.dist-info").mkdir(parents=True)
     (site / "abstractcore_testplugin.py").write_text(textwrap.dedent(PLUGIN_MODULE))
     info = site / "abstractcore_testplugin-0.1.dist-info"
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: abstractcore-testplugin\nVersion: 0.1\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: abstractcore-testplugin\nVersion: 0.1\n"
+    )
     (info / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(site))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    for var in ("ABSTRACTCORE_PROVIDER", "ABSTRACTCORE_MODEL", "ABSTRACTCORE_PROFILE", "ABSTRACTCORE_CONFIG"):
+    for var in (
+        "ABSTRACTCORE_PROVIDER",
+        "ABSTRACTCORE_MODEL",
+        "ABSTRACTCORE_PROFILE",
+        "ABSTRACTCORE_CONFIG",
+    ):
         monkeypatch.delenv(var, raising=False)
     factory._registry.cache_clear()
     yield work
@@ -132,8 +142,14 @@ def test_default_model_is_used_when_none_given(plugin: Path) -> None:
 
 
 def test_options_reach_the_constructor(plugin: Path) -> None:
-    llm = create_llm("echo", base_url="http://127.0.0.1:1/v1", api_key="k", max_retries=5,
-                     temperature=0.3, timeout=None)
+    llm = create_llm(
+        "echo",
+        base_url="http://127.0.0.1:1/v1",
+        api_key="k",
+        max_retries=5,
+        temperature=0.3,
+        timeout=None,
+    )
     assert (llm.base_url, llm.api_key, llm.max_retries) == ("http://127.0.0.1:1/v1", "k", 5)  # type: ignore[attr-defined]
     assert llm.defaults == {"temperature": 0.3}
 
@@ -151,7 +167,11 @@ def test_unknown_provider_names_its_source(plugin: Path, monkeypatch: pytest.Mon
     with pytest.raises(ConfigurationError) as exc:
         create_llm("nope")
     assert exc.value.setting == "provider"
-    assert "'nope'" in str(exc.value) and "echo" in str(exc.value) and "argument provider=" in str(exc.value)
+    assert (
+        "'nope'" in str(exc.value)
+        and "echo" in str(exc.value)
+        and "argument provider=" in str(exc.value)
+    )
     monkeypatch.setenv("ABSTRACTCORE_PROVIDER", "also-nope")
     with pytest.raises(ConfigurationError, match="ABSTRACTCORE_PROVIDER"):
         create_llm()
@@ -197,7 +217,9 @@ def test_bad_value_in_file_names_file_and_profile(plugin: Path) -> None:
 def test_bad_argument_value_is_a_configuration_error(plugin: Path) -> None:
     with pytest.raises(ConfigurationError) as exc:
         create_llm("echo", max_output_tokens=0)
-    assert exc.value.setting == "max_output_tokens" and "argument max_output_tokens=" in str(exc.value)
+    assert exc.value.setting == "max_output_tokens" and "argument max_output_tokens=" in str(
+        exc.value
+    )
 
 
 def test_provider_configuration_error_gets_the_places_to_fix_it(plugin: Path) -> None:

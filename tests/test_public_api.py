@@ -125,9 +125,20 @@ def test_error_tree_matches_design() -> None:
 
 
 def test_errors_carry_their_fields() -> None:
-    rl = errors.RateLimitError("slow down", retry_after=1.5, provider="openai", status_code=429,
-                               body={"error": "x"}, headers={"Retry-After": "2"})
-    assert (rl.retry_after, rl.provider, rl.status_code, rl.body) == (1.5, "openai", 429, {"error": "x"})
+    rl = errors.RateLimitError(
+        "slow down",
+        retry_after=1.5,
+        provider="openai",
+        status_code=429,
+        body={"error": "x"},
+        headers={"Retry-After": "2"},
+    )
+    assert (rl.retry_after, rl.provider, rl.status_code, rl.body) == (
+        1.5,
+        "openai",
+        429,
+        {"error": "x"},
+    )
     assert rl.headers == {"Retry-After": "2"}
     bad = errors.ContextLengthError("too long", field="messages", status_code=400)
     assert bad.field == "messages" and bad.status_code == 400
@@ -138,8 +149,13 @@ def test_errors_carry_their_fields() -> None:
 
 def _public_objects() -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
-    modules: list[ModuleType] = [abstractcore, errors, abstractcore.factory, abstractcore.config,
-                                 abstractcore.types]
+    modules: list[ModuleType] = [
+        abstractcore,
+        errors,
+        abstractcore.factory,
+        abstractcore.config,
+        abstractcore.types,
+    ]
     for mod in modules:
         out.append((mod.__name__, mod))
         for name in mod.__all__:
@@ -157,13 +173,17 @@ def _public_objects() -> list[tuple[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize(("name", "obj"), _public_objects(), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    ("name", "obj"), _public_objects(), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_public_name_has_docstring(name: str, obj: Any) -> None:
     doc = inspect.getdoc(obj) if not isinstance(obj, (classmethod, staticmethod)) else obj.__doc__
     assert doc and doc.strip(), f"{name} has no docstring"
     # A class must not merely inherit its docstring (pydantic/Exception give one for free).
     if inspect.isclass(obj):
-        assert "__doc__" in vars(obj) and vars(obj)["__doc__"], f"{name} has no docstring of its own"
+        assert "__doc__" in vars(obj) and vars(obj)["__doc__"], (
+            f"{name} has no docstring of its own"
+        )
 
 
 def _run(code: str) -> subprocess.CompletedProcess[str]:
@@ -179,7 +199,8 @@ def test_import_leaves_root_logger_alone() -> None:
 
 def test_import_loads_no_backend_server_or_plotting_modules() -> None:
     code = (
-        "import sys, json, abstractcore, abstractcore.errors, abstractcore.types, abstractcore.config; "
+        "import sys, json, abstractcore, abstractcore.errors, abstractcore.types, "
+        "abstractcore.config; "
         "from abstractcore import create_llm, GenerateResponse, StreamChunk, Message; "
         "print(json.dumps(sorted(sys.modules)))"
     )

@@ -119,7 +119,8 @@ class LogProgress(Progress):
         elapsed = time.perf_counter() - self.started
         rate = self.tokens / elapsed if elapsed > 0 else 0.0
         self._print(
-            f"{self.label} done: {self.done}/{self.total} queries, {rate:.1f} tok/s, {elapsed:.1f} s"
+            f"{self.label} done: {self.done}/{self.total} queries, "
+            f"{rate:.1f} tok/s, {elapsed:.1f} s"
         )
 
     def level_done(self, summary: LevelSummary) -> None:

@@ -74,7 +74,9 @@ StreamFormat = Literal["sse", "ndjson"]
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 """LLM answers can take minutes to start, but a server that does not accept fails fast."""
 
-DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0)
+DEFAULT_LIMITS = httpx.Limits(
+    max_connections=100, max_keepalive_connections=20, keepalive_expiry=30.0
+)
 """Room for many concurrent generations per provider instance without unbounded sockets."""
 
 # Indirections the tests replace so backoff is observable without real waiting.
@@ -260,7 +262,9 @@ def translate_errors(provider: str, *, receiving: bool) -> Iterator[None]:
             provider=provider,
         ) from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-        raise ConfigurationError(f"{provider}: invalid base_url: {exc}", setting="base_url") from exc
+        raise ConfigurationError(
+            f"{provider}: invalid base_url: {exc}", setting="base_url"
+        ) from exc
     except httpx.HTTPError as exc:
         raise ProviderAPIError(f"{provider}: HTTP failure: {exc}", provider=provider) from exc
 
@@ -413,7 +417,9 @@ def _decode_line(decoder: SSEDecoder, line: str, fmt: StreamFormat) -> WireEvent
 
 
 # ---------------------------------------------------------------------- clients
-def client_options(base_url: str, headers: Mapping[str, str], timeout: httpx.Timeout) -> dict[str, Any]:
+def client_options(
+    base_url: str, headers: Mapping[str, str], timeout: httpx.Timeout
+) -> dict[str, Any]:
     """Keyword arguments shared by the Client and AsyncClient of one provider."""
     return {
         "base_url": base_url,
@@ -437,7 +443,9 @@ def check_base_url(base_url: Any) -> str:
     try:
         url = httpx.URL(base_url.strip())
     except httpx.InvalidURL as exc:
-        raise ConfigurationError(f"invalid base_url {base_url!r}: {exc}", setting="base_url") from exc
+        raise ConfigurationError(
+            f"invalid base_url {base_url!r}: {exc}", setting="base_url"
+        ) from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(
             f"base_url must be an http(s) URL with a host, got {base_url!r}", setting="base_url"
@@ -452,12 +460,15 @@ def client_timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout:
     if isinstance(timeout, httpx.Timeout):
         return timeout
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ConfigurationError(f"timeout must be a number > 0, got {timeout!r}", setting="timeout")
-    return httpx.Timeout(float(timeout), connect=min(float(timeout), DEFAULT_TIMEOUT.connect or 5.0))
+        raise ConfigurationError(
+            f"timeout must be a number > 0, got {timeout!r}", setting="timeout"
+        )
+    return httpx.Timeout(
+        float(timeout), connect=min(float(timeout), DEFAULT_TIMEOUT.connect or 5.0)
+    )
 
 
 def env_setting(name: str) -> str | None:
     """An environment variable's value, with empty strings treated as unset."""
     value = os.environ.get(name, "").strip()
     return value or None
-

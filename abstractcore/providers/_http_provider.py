@@ -55,7 +55,9 @@ class _StreamTimer:
         if chunk.finish_reason is None:
             return chunk
         ttft = None if self.first is None else self.first - self.start
-        timing = (chunk.timing or Timing()).model_copy(update={"ttft_s": ttft, "total_s": now - self.start})
+        timing = (chunk.timing or Timing()).model_copy(
+            update={"ttft_s": ttft, "total_s": now - self.start}
+        )
         if timing.decode_tokens_per_s is None and chunk.usage and ttft is not None:
             decode_s = (now - self.start) - ttft
             if chunk.usage.completion_tokens > 1 and decode_s > 0:
@@ -239,7 +241,9 @@ class HTTPProvider(BaseProvider):
     async def _apost(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
         client = self._async_client()
         with translate_errors(self.provider_name, receiving=False):
-            async with client.stream("POST", self._wire.path, json=body, timeout=timeout) as response:
+            async with client.stream(
+                "POST", self._wire.path, json=body, timeout=timeout
+            ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await self._aread(response))
                 return await self._aread(response)
@@ -273,7 +277,9 @@ class HTTPProvider(BaseProvider):
         client = self._async_client()
         parser = self._wire.stream_parser()
         with translate_errors(self.provider_name, receiving=False):
-            async with client.stream("POST", self._wire.path, json=body, timeout=timeout) as response:
+            async with client.stream(
+                "POST", self._wire.path, json=body, timeout=timeout
+            ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await self._aread(response))
                 events = aiter_events(response.aiter_lines(), self._wire.stream_format)

@@ -162,12 +162,16 @@ class _AnthropicStream:
                 text = delta["text"]
                 if not isinstance(text, str):
                     raise TypeError("delta.text is not a string")
-                return [StreamChunk(content=text, model=self._model, provider=provider, raw=payload)]
+                return [
+                    StreamChunk(content=text, model=self._model, provider=provider, raw=payload)
+                ]
         elif kind == "message_delta":
             stop = (payload.get("delta") or {}).get("stop_reason")
             if stop is not None:
                 self._finish = _finish(stop)
-            self._usage.update({k: v for k, v in (payload.get("usage") or {}).items() if v is not None})
+            self._usage.update(
+                {k: v for k, v in (payload.get("usage") or {}).items() if v is not None}
+            )
         elif kind == "message_stop":
             return [self._final()]
         return []  # ping, content_block_start/stop and future event types

@@ -35,7 +35,8 @@ __all__ = ["BaseProvider", "MessageInput", "StreamCollector"]
 
 MessageInput = Message | Mapping[str, Any]
 
-# Per-call parameters a provider instance may also hold as defaults (create_llm(..., temperature=0)).
+# Per-call parameters a provider instance may also hold as defaults
+# (create_llm(..., temperature=0)).
 _DEFAULTABLE = (
     "max_output_tokens",
     "temperature",
@@ -264,7 +265,8 @@ def _build_messages(
 ) -> list[Message]:
     if (prompt is None) == (messages is None):
         raise InvalidRequestError(
-            "pass exactly one of prompt or messages", field="prompt" if prompt is None else "messages"
+            "pass exactly one of prompt or messages",
+            field="prompt" if prompt is None else "messages",
         )
     out: list[Message] = []
     if system_prompt is not None:
@@ -320,11 +322,15 @@ def _check_float(
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequestError(f"{field} must be a number, got {type(value).__name__}", field=field)
+        raise InvalidRequestError(
+            f"{field} must be a number, got {type(value).__name__}", field=field
+        )
     v = float(value)
     if not math.isfinite(v) or v < minimum or (exclusive and v == minimum):
         op = ">" if exclusive else ">="
-        raise InvalidRequestError(f"{field} must be finite and {op} {minimum}, got {value}", field=field)
+        raise InvalidRequestError(
+            f"{field} must be finite and {op} {minimum}, got {value}", field=field
+        )
     return v
 
 
@@ -366,5 +372,7 @@ def _check_key(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise InvalidRequestError("prompt_cache_key must be a non-empty string", field="prompt_cache_key")
+        raise InvalidRequestError(
+            "prompt_cache_key must be a non-empty string", field="prompt_cache_key"
+        )
     return value

@@ -166,7 +166,9 @@ class _OpenAIStream:
             if text:
                 if not isinstance(text, str):
                     raise TypeError("delta.content is not a string")
-                out.append(StreamChunk(content=text, model=self._model, provider=provider, raw=payload))
+                out.append(
+                    StreamChunk(content=text, model=self._model, provider=provider, raw=payload)
+                )
             finish = _finish(choice.get("finish_reason"))
             if finish is not None:
                 self._finish = finish
@@ -244,7 +246,9 @@ class _OpenAIFamily(HTTPProvider):
         max_retries: int,
         **defaults: Any,
     ) -> None:
-        super().__init__(model, base_url=base_url, timeout=timeout, max_retries=max_retries, **defaults)
+        super().__init__(
+            model, base_url=base_url, timeout=timeout, max_retries=max_retries, **defaults
+        )
         self._wire = OpenAIWire(
             model,
             self.provider_name,

@@ -67,7 +67,8 @@ def _text(value: Any, where: str) -> str:
         if block.get("type") != "text":
             raise v.bad(
                 f"{at}.type",
-                f"'{at}.type': content block type {block.get('type')!r} is not supported (only 'text')",
+                f"'{at}.type': content block type {block.get('type')!r} is not supported "
+                "(only 'text')",
             )
         v.check_fields(block, _BLOCK_KEYS, _BLOCK_NEUTRAL, prefix=f"{at}.")
         if not isinstance(block.get("text"), str):

@@ -118,7 +118,9 @@ def add_serve_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "serve",
         help="serve a model over the OpenAI and Anthropic HTTP APIs",
-        description="An OpenAI- and Anthropic-compatible HTTP server over one model of any provider.",
+        description=(
+            "An OpenAI- and Anthropic-compatible HTTP server over one model of any provider."
+        ),
     )
     add_serve_arguments(parser)
     parser.set_defaults(handler=run_serve)

@@ -144,9 +144,8 @@ class Histogram(_Metric):
             running = 0.0
             for bound, n in zip(self.buckets, series):
                 running += n
-                out.append(
-                    f"{self.name}_bucket{_fmt_labels(key, ('le', _fmt_value(bound)))} {_fmt_value(running)}"
-                )
+                labels = _fmt_labels(key, ("le", _fmt_value(bound)))
+                out.append(f"{self.name}_bucket{labels} {_fmt_value(running)}")
             out.append(
                 f"{self.name}_bucket{_fmt_labels(key, ('le', '+Inf'))} {_fmt_value(series[-1])}"
             )

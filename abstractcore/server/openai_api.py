@@ -160,7 +160,8 @@ def _message_content(value: Any, where: str) -> str:
             if part.get("type") != "text":
                 raise v.bad(
                     f"{where}[{j}].type",
-                    f"'{where}[{j}].type': content part type {part.get('type')!r} is not supported (only 'text')",
+                    f"'{where}[{j}].type': content part type {part.get('type')!r} "
+                    "is not supported (only 'text')",
                 )
             v.check_fields(part, {"type", "text"}, prefix=f"{where}[{j}].")
             text = part.get("text")

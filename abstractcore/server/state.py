@@ -189,7 +189,8 @@ class ServerState:
         except json.JSONDecodeError as exc:
             raise APIError(
                 400,
-                f"request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                f"request body is not valid JSON: {exc.msg} "
+                f"(line {exc.lineno}, column {exc.colno})",
             ) from exc
         if not isinstance(data, dict):
             raise APIError(400, f"request body must be a JSON object, got {type(data).__name__}")

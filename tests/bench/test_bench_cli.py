@@ -144,7 +144,9 @@ def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
 
 def _server_children(pid: int) -> list[int]:
     """The mlx-lm server processes the benchmark ``pid`` started."""
-    return [k for k in _children(pid) if b"mlx_lm.server" in Path(f"/proc/{k}/cmdline").read_bytes()]
+    return [
+        k for k in _children(pid) if b"mlx_lm.server" in Path(f"/proc/{k}/cmdline").read_bytes()
+    ]
 
 
 def _children(pid: int) -> list[int]:

@@ -61,7 +61,11 @@ class Fake:
                     peer = obj.getpeername()
                 except OSError:
                     continue
-                if isinstance(peer, tuple) and peer[1] == self.server.port and obj.getsockname()[1] != self.server.port:
+                if (
+                    isinstance(peer, tuple)
+                    and peer[1] == self.server.port
+                    and obj.getsockname()[1] != self.server.port
+                ):
                     out.append(obj)
         return out
 

@@ -144,7 +144,9 @@ def test_retry_after_http_date(kind: str, make_llm: Any, fake: Any, backoff: lis
 
 @each_provider
 @pytest.mark.anyio
-async def test_async_retries_match_sync(kind: str, make_llm: Any, fake: Any, backoff: list[float]) -> None:
+async def test_async_retries_match_sync(
+    kind: str, make_llm: Any, fake: Any, backoff: list[float]
+) -> None:
     async with make_llm(kind, "429-then-ok") as llm:
         assert (await llm.agenerate("hello there world")).content == EXPECTED
     assert fake.attempts(llm.model) == 2 and backoff == [3.0]
@@ -177,7 +179,9 @@ def test_attempts_are_bounded(kind: str, make_llm: Any, fake: Any, backoff: list
 
 
 @each_provider
-def test_rate_limit_error_carries_retry_after(kind: str, make_llm: Any, fake: Any, backoff: list[float]) -> None:
+def test_rate_limit_error_carries_retry_after(
+    kind: str, make_llm: Any, fake: Any, backoff: list[float]
+) -> None:
     llm = make_llm(kind, "429")
     with pytest.raises(RateLimitError) as info:
         llm.generate("hello there world")
@@ -207,7 +211,12 @@ def test_retry_after_beyond_total_budget_is_not_waited(
 )
 @each_provider
 def test_client_errors_are_typed_and_never_retried(
-    kind: str, scenario: str, error: type[ProviderError], make_llm: Any, fake: Any, backoff: list[float]
+    kind: str,
+    scenario: str,
+    error: type[ProviderError],
+    make_llm: Any,
+    fake: Any,
+    backoff: list[float],
 ) -> None:
     llm = make_llm(kind, scenario)
     with pytest.raises(error) as info:
@@ -239,7 +248,9 @@ def test_stream_retries_only_before_the_first_chunk(kind: str, make_llm: Any, fa
 
 @each_provider
 @pytest.mark.anyio
-async def test_astream_retries_only_before_the_first_chunk(kind: str, make_llm: Any, fake: Any) -> None:
+async def test_astream_retries_only_before_the_first_chunk(
+    kind: str, make_llm: Any, fake: Any
+) -> None:
     async with make_llm(kind, "stream-error-then-ok") as llm:
         assert check_stream([c async for c in llm.astream("hello there world")]).content == EXPECTED
     assert fake.attempts(llm.model) == 2
@@ -252,7 +263,9 @@ async def test_astream_retries_only_before_the_first_chunk(kind: str, make_llm: 
 # ---------------------------------------------------------------------- broken responses
 @each_provider
 @pytest.mark.parametrize("scenario", ["drop-mid-body", "malformed", "wrong-shape"])
-def test_broken_body_is_a_provider_api_error(kind: str, scenario: str, make_llm: Any, fake: Any) -> None:
+def test_broken_body_is_a_provider_api_error(
+    kind: str, scenario: str, make_llm: Any, fake: Any
+) -> None:
     llm = make_llm(kind, scenario)
     with pytest.raises(ProviderAPIError) as info:
         llm.generate("hello there world")
@@ -272,7 +285,9 @@ def test_broken_stream_is_a_provider_api_error(kind: str, scenario: str, make_ll
 @each_provider
 @pytest.mark.anyio
 @pytest.mark.parametrize("scenario", ["drop-mid-body", "malformed", "no-terminal"])
-async def test_broken_astream_is_a_provider_api_error(kind: str, scenario: str, make_llm: Any) -> None:
+async def test_broken_astream_is_a_provider_api_error(
+    kind: str, scenario: str, make_llm: Any
+) -> None:
     async with make_llm(kind, scenario) as llm:
         got, error = await _astream_until_error(llm.astream("hello there world"))
     assert type(error) is ProviderAPIError
@@ -351,7 +366,9 @@ def test_bad_transport_options(kind: str, make_llm: Any, option: str, value: Any
 
 # ---------------------------------------------------------------------- lifecycle
 @each_provider
-def test_close_releases_every_connection(kind: str, make_llm: Any, fake: Any, no_thread_leak: Any) -> None:
+def test_close_releases_every_connection(
+    kind: str, make_llm: Any, fake: Any, no_thread_leak: Any
+) -> None:
     llm = make_llm(kind)
     llm.generate("hello there world")
     list(llm.stream("hello there world"))
@@ -412,7 +429,9 @@ def test_abandoned_stream_releases_its_connection(kind: str, make_llm: Any, fake
 
 @each_provider
 @pytest.mark.anyio
-async def test_abandoned_astream_releases_its_connection(kind: str, make_llm: Any, fake: Any) -> None:
+async def test_abandoned_astream_releases_its_connection(
+    kind: str, make_llm: Any, fake: Any
+) -> None:
     async with make_llm(kind) as llm:
         chunks = llm.astream("hello there world")
         assert (await anext(chunks)).content == "Echo:"

@@ -57,10 +57,15 @@ def test_stream_is_ndjson_and_reports_server_timing(make_llm: Any, fake: Any) ->
     assert fake.requests(llm.model)[0].json["stream"] is True
     assert [c.content for c in chunks[:-1]] == ["Echo:", " hello", " there", " world"]
     last = chunks[-1]
-    assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (3, 4)
+    assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (
+        3,
+        4,
+    )
     assert last.timing is not None and last.timing.decode_tokens_per_s == pytest.approx(4000.0)
     response = llm.generate("hello there world")
-    assert response.timing.decode_tokens_per_s == pytest.approx(4000.0)  # eval_count / eval_duration
+    assert response.timing.decode_tokens_per_s == pytest.approx(
+        4000.0
+    )  # eval_count / eval_duration
 
 
 def test_unknown_model_is_model_not_found(make_llm: Any) -> None:

@@ -78,7 +78,9 @@ def test_cached_tokens_are_reported(make_llm: Any) -> None:
     assert list(llm.stream("hello there world"))[-1].usage.cached_tokens == 3  # type: ignore[union-attr]
 
 
-def test_top_k_is_rejected_by_openai_but_sent_to_compatible_servers(make_llm: Any, fake: Any) -> None:
+def test_top_k_is_rejected_by_openai_but_sent_to_compatible_servers(
+    make_llm: Any, fake: Any
+) -> None:
     with pytest.raises(InvalidRequestError) as info:
         make_llm("openai").generate("hello there world", top_k=5)
     assert info.value.field == "top_k"

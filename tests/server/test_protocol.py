@@ -466,7 +466,7 @@ def test_disconnect_cancels_generation(
     assert metric(scripted_server, closed) == before + 1
 
 
-# ---------------------------------------------------------------------- health, metrics, CORS, loading
+# ------------------------------------------------------------- health, metrics, CORS, loading
 def test_metrics_exposition(scripted_server: ThreadServer) -> None:
     ok = 'abstractcore_requests_total{endpoint="chat_completions",status="200"}'
     missing = 'abstractcore_requests_total{endpoint="chat_completions",status="404"}'

@@ -748,7 +748,7 @@ class MLXEngine:
             self._orphan(sink)
 
     def _orphan(self, sink: Sink) -> None:
-        for uid, state in list(self._active.items()):
+        for state in list(self._active.values()):
             if state.sink is sink:
                 self._drop(state)
 
@@ -801,7 +801,7 @@ class MLXEngine:
                 pending.append(arg)
             elif kind == "call":
                 arg[1].set_exception(self._closed_error())
-        for fn, fut in self._calls:
+        for _fn, fut in self._calls:
             fut.set_exception(self._closed_error())
         self._calls = []
         for state in pending:

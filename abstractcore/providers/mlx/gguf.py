@@ -49,7 +49,7 @@ _SKIPPED = {"rope_freqs"}
 # Pre-tokenizer split patterns by `tokenizer.ggml.pre` (llama.cpp's names).
 _GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _LLAMA3_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""  # noqa: E501
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
@@ -69,7 +69,8 @@ def _arch(metadata: dict[str, Any], source: str) -> str:
     arch = _meta(metadata, "general.architecture")
     if arch not in _SUPPORTED_ARCHS:
         raise InvalidRequestError(
-            f"{source}: GGUF architecture {arch!r} is not supported (only {', '.join(_SUPPORTED_ARCHS)})",
+            f"{source}: GGUF architecture {arch!r} is not supported "
+            f"(only {', '.join(_SUPPORTED_ARCHS)})",
             field="model",
         )
     return str(arch)

@@ -149,7 +149,8 @@ def _hf_download(repo: str) -> Path:
 
     if _hf_offline():
         raise ModelNotFoundError(
-            f"Hugging Face repo {repo!r} is not cached and there is no network (HF_HUB_OFFLINE is set)",
+            f"Hugging Face repo {repo!r} is not cached and there is no network "
+            "(HF_HUB_OFFLINE is set)",
             provider="mlx",
         )
     try:

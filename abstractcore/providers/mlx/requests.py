@@ -3,10 +3,10 @@
 Only plain Python crosses: the engine delivers ``str`` pieces of text, one :class:`Final`
 and nothing after it, or an exception instance. A sink that is not ``streaming`` (``generate``
 and ``agenerate``) gets no pieces: the engine holds the text and sends it in the Final, so a
-whole answer wakes its caller once instead of once per token. Sync callers read a ``queue.SimpleQueue``;
-async callers an ``asyncio.Queue`` fed by ``call_soon_threadsafe``, which the engine's
-:class:`Outbox` batches per step and per event loop. Also here: per-request engine state
-and stop-string matching.
+whole answer wakes its caller once instead of once per token. Sync callers read a
+``queue.SimpleQueue``; async callers an ``asyncio.Queue`` fed by ``call_soon_threadsafe``,
+which the engine's :class:`Outbox` batches per step and per event loop. Also here:
+per-request engine state and stop-string matching.
 """
 
 from __future__ import annotations

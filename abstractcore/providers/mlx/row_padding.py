@@ -55,7 +55,9 @@ REPEATS = 3
 #: Seconds calibration may spend timing products (about 1.8 s for SmolLM2-135M here).
 BUDGET_S = 4.0
 
-_cache: dict[tuple[Any, ...], RowPadding] = {}  # (device, ((shape, dtype), count)..., rows) -> table
+_cache: dict[
+    tuple[Any, ...], RowPadding
+] = {}  # (device, ((shape, dtype), count)..., rows) -> table
 _cache_lock = threading.Lock()
 
 

@@ -56,12 +56,16 @@ def tiny_llama_gguf(
         hf["lm_head.weight"] = gg["output.weight"] = rand(vocab, HIDDEN)
     kv_dim = HIDDEN // HEADS * KV_HEADS
     shapes = {
-        "attn_q": ("self_attn.q_proj", (HIDDEN, HIDDEN)), "attn_k": ("self_attn.k_proj", (kv_dim, HIDDEN)),
-        "attn_v": ("self_attn.v_proj", (kv_dim, HIDDEN)), "attn_output": ("self_attn.o_proj", (HIDDEN, HIDDEN)),
-        "ffn_gate": ("mlp.gate_proj", (FFN, HIDDEN)), "ffn_up": ("mlp.up_proj", (FFN, HIDDEN)),
-        "ffn_down": ("mlp.down_proj", (HIDDEN, FFN)), "attn_norm": ("input_layernorm", (HIDDEN,)),
+        "attn_q": ("self_attn.q_proj", (HIDDEN, HIDDEN)),
+        "attn_k": ("self_attn.k_proj", (kv_dim, HIDDEN)),
+        "attn_v": ("self_attn.v_proj", (kv_dim, HIDDEN)),
+        "attn_output": ("self_attn.o_proj", (HIDDEN, HIDDEN)),
+        "ffn_gate": ("mlp.gate_proj", (FFN, HIDDEN)),
+        "ffn_up": ("mlp.up_proj", (FFN, HIDDEN)),
+        "ffn_down": ("mlp.down_proj", (HIDDEN, FFN)),
+        "attn_norm": ("input_layernorm", (HIDDEN,)),
         "ffn_norm": ("post_attention_layernorm", (HIDDEN,)),
-    }  # fmt: skip
+    }
     for i in range(LAYERS):
         for g_name, (h_name, shape) in shapes.items():
             w = rand(*shape) + (1 if len(shape) == 1 else 0)

@@ -44,7 +44,8 @@ if len(sys.argv) > 1:
     from mlx_lm.sample_utils import make_sampler
     model, tok = load(sys.argv[1])
     prompt = tok.encode("The three primary colours are")
-    tokens = [r.token for r in stream_generate(model, tok, prompt, max_tokens=10, sampler=make_sampler(0.0))]
+    greedy = make_sampler(0.0)
+    tokens = [r.token for r in stream_generate(model, tok, prompt, max_tokens=10, sampler=greedy)]
 print(json.dumps({
     "first": first, "second": second, "warnings": [str(w.message) for w in caught],
     "mapped": "libopenblas" in open("/proc/self/maps").read(),
@@ -87,9 +88,18 @@ def test_same_results_with_and_without_openblas(embedded_model_dir: Path) -> Non
 def test_named_library_is_loaded(tmp_path: Path) -> None:
     if not OPENBLAS:
         pytest.skip("needs libopenblas0-pthread")
-    code = "import json; from abstractcore.providers.mlx.blas import preload_blas; print(json.dumps(preload_blas()))"
-    done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=os.environ | {BLAS_ENV: OPENBLAS[0]},
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    code = (
+        "import json; from abstractcore.providers.mlx.blas import preload_blas; "
+        "print(json.dumps(preload_blas()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        env=os.environ | {BLAS_ENV: OPENBLAS[0]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == OPENBLAS[0]
 
@@ -100,7 +110,8 @@ from abstractcore.providers.mlx import blas
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     results = [blas.preload_blas(), blas.preload_blas()]
-print(json.dumps({"results": results, "warnings": [(w.category.__name__, str(w.message)) for w in caught]}))
+warned = [(w.category.__name__, str(w.message)) for w in caught]
+print(json.dumps({"results": results, "warnings": warned}))
 """
 
 
@@ -121,7 +132,10 @@ def test_too_late_after_mlx_import_warns() -> None:
 
 
 def test_package_import_does_not_import_mlx() -> None:
-    code = "import sys, abstractcore.providers.mlx, abstractcore.providers.mlx.loading; print(sys.modules.get('mlx') is None)"
+    code = (
+        "import sys, abstractcore.providers.mlx, abstractcore.providers.mlx.loading; "
+        "print(sys.modules.get('mlx') is None)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )

@@ -134,9 +134,7 @@ def test_dispatchers_take_the_fast_path_only_on_an_enabled_thread(monkeypatch: A
         cpu_ops, "decode_attention",
         lambda *a: calls.append("attention") or real_attention(*a),
     )  # fmt: skip
-    monkeypatch.setattr(
-        cpu_ops, "swiglu", lambda *a: calls.append("swiglu") or real_swiglu(*a)
-    )
+    monkeypatch.setattr(cpu_ops, "swiglu", lambda *a: calls.append("swiglu") or real_swiglu(*a))
 
     model = llama.Model.__new__(llama.Model)  # install() only reads the class's module
     assert cpu_ops.install(model) == _INSTALLED

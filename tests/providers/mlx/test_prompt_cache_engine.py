@@ -158,8 +158,14 @@ def test_same_key_concurrently_both_correct(llm: Any, reference: Any) -> None:
 # ---------------------------------------------------------------------------------- waves
 def test_wave_without_key_prefills_the_shared_prompt_once(llm: Any, reference: Any) -> None:
     system = SYSTEM * 3 + "Wave test."
-    questions = ["Who wrote Dracula?", "Name a poem by Keats.", "What is a sonnet?",
-                 "Who wrote Middlemarch?", "Recommend a book on rivers.", "Who wrote Ulysses?"]  # fmt: skip
+    questions = [
+        "Who wrote Dracula?",
+        "Name a poem by Keats.",
+        "What is a sonnet?",
+        "Who wrote Middlemarch?",
+        "Recommend a book on rivers.",
+        "Who wrote Ulysses?",
+    ]
     wave = [
         [{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions
     ]
@@ -225,8 +231,10 @@ def test_budget_holds_under_200_requests_with_random_keys(small_llm: Any, refere
 def test_eviction_never_touches_a_running_request(small_llm: Any, reference: Any) -> None:
     system = SYSTEM * 2 + "Eviction test."
     ask(small_llm, [{"role": "system", "content": system}, {"role": "user", "content": "Hi."}])
-    long_q = [{"role": "system", "content": system},
-              {"role": "user", "content": "List ten famous novels with their authors."}]  # fmt: skip
+    long_q = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "List ten famous novels with their authors."},
+    ]
     flood = [[{"role": "user", "content": f"Spell the word number {i}."}] for i in range(24)]
     seen: dict[str, Any] = {}
 

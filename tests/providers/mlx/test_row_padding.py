@@ -100,7 +100,9 @@ def test_run_pads_only_the_row_counts_of_the_table() -> None:
 
 
 # ---------------------------------------------------------------------- the calibration
-def _fake_timing(monkeypatch: pytest.MonkeyPatch, per_row: dict[int, float], pad_cost: float) -> None:
+def _fake_timing(
+    monkeypatch: pytest.MonkeyPatch, per_row: dict[int, float], pad_cost: float
+) -> None:
     """Products cost ``per_row[rows]`` (default: ``rows``) plus ``pad_cost`` when padded."""
 
     def fake(w: Any, rows: int, padded_to: int, count: int) -> float:

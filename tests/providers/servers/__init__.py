@@ -1,4 +1,5 @@
-"""Fake OpenAI, Anthropic and Ollama servers on 127.0.0.1, and client helpers, for the provider tests."""
+"""Fake OpenAI, Anthropic and Ollama servers on 127.0.0.1, and client helpers, for the provider
+tests."""
 
 from .core import Connection, LoopbackServer, Request
 from .dialects import DIALECTS, Reply

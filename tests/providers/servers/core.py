@@ -78,7 +78,11 @@ class Connection:
 
     async def start_chunked(self, status: int, content_type: str) -> None:
         """Begin a streamed (chunked) response."""
-        hdrs = {"content-type": content_type, "transfer-encoding": "chunked", "cache-control": "no-cache"}
+        hdrs = {
+            "content-type": content_type,
+            "transfer-encoding": "chunked",
+            "cache-control": "no-cache",
+        }
         self._writer.write(self._head(status, hdrs))
         await self._writer.drain()
 
@@ -158,7 +162,9 @@ class LoopbackServer:
     async def _serve(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_server(self._on_connection, sock=sock, backlog=256)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

@@ -15,7 +15,11 @@ _KINDS: dict[str, tuple[str, str | None, str]] = {
     "rate_limit": ("requests", "rate_limit_exceeded", "rate_limit_error"),
     "server": ("server_error", None, "api_error"),
     "auth": ("invalid_request_error", "invalid_api_key", "authentication_error"),
-    "permission": ("invalid_request_error", "unsupported_country_region_territory", "permission_error"),
+    "permission": (
+        "invalid_request_error",
+        "unsupported_country_region_territory",
+        "permission_error",
+    ),
     "not_found": ("invalid_request_error", "model_not_found", "not_found_error"),
     "bad_request": ("invalid_request_error", "invalid_value", "invalid_request_error"),
     "context": ("invalid_request_error", "context_length_exceeded", "invalid_request_error"),
@@ -42,7 +46,9 @@ class Reply:
         return len(self.pieces)
 
 
-def make_reply(model: str, texts: list[str], last_user: str, limit: int | None, cached: int) -> Reply:
+def make_reply(
+    model: str, texts: list[str], last_user: str, limit: int | None, cached: int
+) -> Reply:
     """Echo the last user message, cut at ``limit`` tokens."""
     words = f"Echo: {last_user}".split(" ")
     pieces = [words[0]] + [" " + w for w in words[1:]]
@@ -148,7 +154,9 @@ class OpenAIDialect:
 
     def error(self, kind: str, message: str) -> dict[str, Any]:
         etype, code, _ = _KINDS[kind]
-        param = "temperature" if kind == "bad_request" else ("messages" if kind == "context" else None)
+        param = (
+            "temperature" if kind == "bad_request" else ("messages" if kind == "context" else None)
+        )
         return {"error": {"message": message, "type": etype, "param": param, "code": code}}
 
     def error_frame(self, kind: str, message: str) -> bytes:
@@ -219,11 +227,22 @@ class AnthropicDialect:
         }
         out = [
             _sse(start, "message_start"),
-            _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+            _sse(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+                "content_block_start",
+            ),
             _sse({"type": "ping"}, "ping"),
         ]
         for p in r.pieces:
-            delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+            delta = {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": p},
+            }
             out.append(_sse(delta, "content_block_delta"))
         out.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
         end = {
@@ -311,4 +330,6 @@ class OllamaDialect:
         return json.dumps({"message": {"content": 42}, "done": False}).encode() + b"\n"
 
 
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (OpenAIDialect(), AnthropicDialect(), OllamaDialect())}
+DIALECTS: dict[str, Dialect] = {
+    d.name: d for d in (OpenAIDialect(), AnthropicDialect(), OllamaDialect())
+}

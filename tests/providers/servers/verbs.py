@@ -49,7 +49,9 @@ def from_response(r: GenerateResponse) -> Outcome:
     return _ok(r.content, r.finish_reason, r.usage)
 
 
-async def run_verb(llm: HTTPProvider, verb: str, prompt: str = "hello there world", **kw: Any) -> Outcome:
+async def run_verb(
+    llm: HTTPProvider, verb: str, prompt: str = "hello there world", **kw: Any
+) -> Outcome:
     """Run one of the four verbs (sync ones on a worker thread) and summarise the outcome."""
     try:
         if verb == "generate":
@@ -57,7 +59,9 @@ async def run_verb(llm: HTTPProvider, verb: str, prompt: str = "hello there worl
         if verb == "agenerate":
             return from_response(await llm.agenerate(prompt, **kw))
         if verb == "stream":
-            return check_stream(await anyio.to_thread.run_sync(lambda: list(llm.stream(prompt, **kw))))
+            return check_stream(
+                await anyio.to_thread.run_sync(lambda: list(llm.stream(prompt, **kw)))
+            )
         chunks = [c async for c in llm.astream(prompt, **kw)]
         return check_stream(chunks)
     except ProviderError as exc:
