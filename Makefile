@@ -40,8 +40,11 @@ test: setup
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not mlx and not slow"
 
+LINT_PATHS := abstractcore tests examples scripts
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check abstractcore tests examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy abstractcore
 
 bench: setup
