@@ -16,10 +16,24 @@ from .errors import (
     GenerationCancelledError,
     OverloadedError,
     ProviderError,
+    StructuredOutputError,
+    ToolCallError,
+    UnsupportedFeatureError,
 )
 from .factory import available_providers, create_llm
 from .providers.base import BaseProvider
-from .types import GenerateResponse, Message, StreamChunk, Timing, ToolCall, Usage
+from .tools import Tool, ToolRun, arun_tools, run_tools, tool
+from .types import (
+    GenerateResponse,
+    Message,
+    StreamChunk,
+    Timing,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
@@ -33,13 +47,24 @@ __all__ = [
     "OverloadedError",
     "ProviderError",
     "StreamChunk",
+    "StructuredOutputError",
     "Timing",
+    "TokenLogprob",
+    "Tool",
     "ToolCall",
+    "ToolCallDelta",
+    "ToolCallError",
+    "ToolRun",
+    "TopLogprob",
+    "UnsupportedFeatureError",
     "Usage",
     "__version__",
+    "arun_tools",
     "available_providers",
     "create_llm",
     "errors",
+    "run_tools",
+    "tool",
 ]
 
 # A library never configures logging; NullHandler only silences "no handler" warnings.

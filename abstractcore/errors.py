@@ -7,7 +7,11 @@ never by matching message strings, and always raised ``from`` the lower-level ca
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .tools.loop import ToolRun
+    from .types import GenerateResponse
 
 __all__ = [
     "AbstractCoreError",
@@ -16,6 +20,7 @@ __all__ = [
     "ContextLengthError",
     "GenerationCancelledError",
     "InvalidRequestError",
+    "MaxTurnsExceededError",
     "ModelNotFoundError",
     "OverloadedError",
     "ProviderAPIError",
@@ -23,6 +28,9 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitError",
     "RequestTimeoutError",
+    "StructuredOutputError",
+    "ToolCallError",
+    "UnsupportedFeatureError",
 ]
 
 
@@ -80,6 +88,14 @@ class InvalidRequestError(ProviderError):
         self.field = field
 
 
+class UnsupportedFeatureError(InvalidRequestError):
+    """The backend cannot do what ``field`` asks (tools, structured output, logprobs...);
+    raised before any request is sent, never silently ignored."""
+
+    def __init__(self, message: str, *, field: str, **kw: Any) -> None:
+        super().__init__(message, field=field, **kw)
+
+
 class ModelNotFoundError(ProviderError):
     """The named model does not exist on the backend (or cannot be fetched offline)."""
 
@@ -110,3 +126,53 @@ class OverloadedError(ProviderError):
 
 class GenerationCancelledError(AbstractCoreError):
     """The generation was cancelled before it finished."""
+
+
+class StructuredOutputError(AbstractCoreError):
+    """The model's answer is not the structured output that was asked for (after the one
+    retry with the validation errors fed back). ``raw`` is the text it wrote, ``errors``
+    what is wrong with it, ``response`` the last response (its ``finish_reason`` says
+    whether the output was cut off at ``max_output_tokens``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: str,
+        errors: str,
+        response: GenerateResponse | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.errors = errors
+        self.response = response
+
+
+class ToolCallError(AbstractCoreError):
+    """The model called a tool with arguments that are not JSON or do not match the tool's
+    schema, or called a tool that was not offered. ``raw`` is the arguments text it wrote,
+    ``tool_name`` the tool, ``errors`` what is wrong, ``response`` the whole response."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool_name: str,
+        raw: str,
+        errors: str,
+        response: GenerateResponse | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.tool_name = tool_name
+        self.raw = raw
+        self.errors = errors
+        self.response = response
+
+
+class MaxTurnsExceededError(AbstractCoreError):
+    """The tool loop reached ``max_turns`` while the model still asked for tools;
+    ``result`` holds the transcript so far."""
+
+    def __init__(self, message: str, *, result: ToolRun) -> None:
+        super().__init__(message)
+        self.result = result

@@ -15,7 +15,7 @@ import pytest
 from abstractcore import GenerateResponse, Message, StreamChunk, Usage
 from abstractcore.errors import InvalidRequestError, ProviderAPIError
 from abstractcore.providers.base import BaseProvider
-from abstractcore.types import GenerationRequest
+from abstractcore.request import GenerationRequest
 
 
 class EchoProvider(BaseProvider):

@@ -15,6 +15,9 @@ import abstractcore
 import abstractcore.config
 import abstractcore.errors
 import abstractcore.factory
+import abstractcore.request
+import abstractcore.structured
+import abstractcore.tools
 import abstractcore.types
 from abstractcore import errors
 
@@ -29,12 +32,23 @@ EXPECTED_ALL = [
     "Usage",
     "Timing",
     "ToolCall",
+    "ToolCallDelta",
+    "TokenLogprob",
+    "TopLogprob",
+    "Tool",
+    "ToolRun",
+    "tool",
+    "run_tools",
+    "arun_tools",
     "errors",
     "AbstractCoreError",
     "ConfigurationError",
     "ProviderError",
     "OverloadedError",
     "GenerationCancelledError",
+    "UnsupportedFeatureError",
+    "StructuredOutputError",
+    "ToolCallError",
 ]
 
 EXPECTED_ERRORS = [
@@ -51,6 +65,10 @@ EXPECTED_ERRORS = [
     "RequestTimeoutError",
     "OverloadedError",
     "GenerationCancelledError",
+    "UnsupportedFeatureError",
+    "StructuredOutputError",
+    "ToolCallError",
+    "MaxTurnsExceededError",
 ]
 
 # Modules that must stay unloaded after `import abstractcore` (no work at import time).
@@ -71,6 +89,7 @@ HEAVY = [
     "transformers",
     "openai",
     "anthropic",
+    "jsonschema",
 ]
 
 
@@ -118,6 +137,10 @@ def test_error_tree_matches_design() -> None:
         "ProviderAPIError": errors.ProviderError,
         "RequestTimeoutError": errors.ProviderError,
         "OverloadedError": errors.ProviderError,
+        "UnsupportedFeatureError": errors.InvalidRequestError,
+        "StructuredOutputError": errors.AbstractCoreError,
+        "ToolCallError": errors.AbstractCoreError,
+        "MaxTurnsExceededError": errors.AbstractCoreError,
     }
     for name, parent in parents.items():
         assert issubclass(getattr(errors, name), parent), name
@@ -155,6 +178,9 @@ def _public_objects() -> list[tuple[str, Any]]:
         abstractcore.factory,
         abstractcore.config,
         abstractcore.types,
+        abstractcore.request,
+        abstractcore.structured,
+        abstractcore.tools,
     ]
     for mod in modules:
         out.append((mod.__name__, mod))

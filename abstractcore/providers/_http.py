@@ -37,7 +37,8 @@ from ..errors import (
     RateLimitError,
     RequestTimeoutError,
 )
-from ..types import GenerateResponse, GenerationRequest, StreamChunk
+from ..request import GenerationRequest
+from ..types import GenerateResponse, StreamChunk
 
 __all__ = [
     "DEFAULT_LIMITS",

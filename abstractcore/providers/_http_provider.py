@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import httpx
 
 from ..errors import ConfigurationError, ProviderAPIError, ProviderError
-from ..types import GenerateResponse, GenerationRequest, StreamChunk, Timing
+from ..request import GenerationRequest
+from ..types import GenerateResponse, StreamChunk, Timing
 from . import _http
 from ._http import (
     Attempts,

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 import httpx
 
 from ..errors import ConfigurationError, ProviderAPIError
-from ..types import FinishReason, GenerateResponse, GenerationRequest, Message, StreamChunk, Usage
+from ..request import GenerationRequest
+from ..types import FinishReason, GenerateResponse, Message, StreamChunk, Usage
 from ._http import (
     ErrorInfo,
     StreamFormat,
@@ -22,6 +23,7 @@ from ._http import (
     json_object,
 )
 from ._http_provider import HTTPProvider
+from .features import Features
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider", "AnthropicWire"]
 
@@ -219,6 +221,13 @@ class AnthropicProvider(HTTPProvider):
     """api.anthropic.com (or ``ANTHROPIC_BASE_URL``); needs ``api_key`` or ``ANTHROPIC_API_KEY``."""
 
     provider_name: ClassVar[str] = "anthropic"
+    # Structured output goes through a forced tool; the API returns no token probabilities.
+    features: ClassVar[Features] = Features(
+        tools=True,
+        parallel_tool_calls=True,
+        structured_output=True,
+        why="the Messages API returns no token probabilities",
+    )
 
     def __init__(
         self,

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 
 import httpx
 
+from ..request import GenerationRequest
 from ..types import (
     FinishReason,
     GenerateResponse,
-    GenerationRequest,
     Message,
     StreamChunk,
     Timing,
@@ -29,6 +29,7 @@ from ._http import (
     json_object,
 )
 from ._http_provider import HTTPProvider
+from .features import Features
 
 __all__ = ["OLLAMA_BASE_URL", "OllamaProvider", "OllamaWire"]
 
@@ -183,6 +184,14 @@ class OllamaProvider(HTTPProvider):
     """A local or remote Ollama server (default http://localhost:11434, or ``OLLAMA_HOST``)."""
 
     provider_name: ClassVar[str] = "ollama"
+    # /api/chat has no tool_choice and no switch for parallel calls.
+    features: ClassVar[Features] = Features(
+        tools=True,
+        tool_choice=frozenset({"auto", "none"}),
+        structured_output=True,
+        logprobs=True,
+        why="Ollama's /api/chat has no such option",
+    )
 
     def __init__(
         self,

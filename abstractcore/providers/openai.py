@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 import httpx
 
 from ..errors import ConfigurationError, InvalidRequestError, ProviderAPIError
-from ..types import FinishReason, GenerateResponse, GenerationRequest, Message, StreamChunk, Usage
+from ..request import GenerationRequest
+from ..types import FinishReason, GenerateResponse, Message, StreamChunk, Usage
 from ._http import (
     ErrorInfo,
     StreamFormat,
@@ -22,6 +23,7 @@ from ._http import (
     json_object,
 )
 from ._http_provider import HTTPProvider
+from .features import Features
 
 __all__ = ["LMStudioProvider", "OpenAICompatibleProvider", "OpenAIProvider", "OpenAIWire"]
 
@@ -232,6 +234,10 @@ def _usage(raw: Any) -> Usage:
 # ---------------------------------------------------------------------- providers
 class _OpenAIFamily(HTTPProvider):
     """Common constructor for the Chat Completions providers."""
+
+    features: ClassVar[Features] = Features(
+        tools=True, parallel_tool_calls=True, structured_output=True, logprobs=True
+    )
 
     max_tokens_field: ClassVar[str] = "max_tokens"
     supports_top_k: ClassVar[bool] = True

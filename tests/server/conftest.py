@@ -19,7 +19,8 @@ import pytest
 
 from abstractcore import errors
 from abstractcore.providers.base import BaseProvider
-from abstractcore.types import GenerationRequest, StreamChunk, Usage
+from abstractcore.request import GenerationRequest
+from abstractcore.types import StreamChunk, Usage
 
 API_KEY = "test-key-123"
 STARTUP_DEADLINE_S = 60.0

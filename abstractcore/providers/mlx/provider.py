@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from ...errors import ContextLengthError, InvalidRequestError, RequestTimeoutError
-from ...types import GenerateResponse, GenerationRequest, Message, StreamChunk, Timing, Usage
-from ..base import BaseProvider, MessageInput
+from ...request import GenerationRequest
+from ...types import GenerateResponse, Message, StreamChunk, Timing, Usage
+from ..base import BaseProvider, Features, MessageInput
 from .cache_scheduler import CacheScheduler
 from .engine import MLXEngine
 from .requests import AsyncSink, Final, Job, ThreadSink
@@ -59,6 +60,9 @@ class MLXProvider(BaseProvider):
 
     provider_name: ClassVar[str] = "mlx"
     extra_options: ClassVar[frozenset[str]] = frozenset(_EXTRA_OPTIONS)
+    # Tools, structured output and logprobs need grammar-constrained decoding and per-row
+    # log-probabilities inside the batch: until the engine has them, they are refused.
+    features: ClassVar[Features] = Features(why="not implemented in the MLX engine yet")
     default_model: ClassVar[str | None] = "smollm2-135m"
 
     def __init__(
@@ -192,8 +196,6 @@ class MLXProvider(BaseProvider):
     def _encode(self, request: GenerationRequest) -> list[int]:
         msgs = [_message_dict(m) for m in request.messages]
         kwargs: dict[str, Any] = {"add_generation_prompt": True}
-        if request.tools:
-            kwargs["tools"] = request.tools
         tok = self._tokenizer
         with self._tokenizer_lock:  # HF fast tokenizers are not safe to share across threads
             if getattr(tok, "chat_template", None) or getattr(tok, "_chat_template", None):
