@@ -15,9 +15,9 @@ import os
 import random
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Protocol
 
@@ -43,7 +43,6 @@ from ..types import GenerateResponse, StreamChunk
 __all__ = [
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
-    "Attempts",
     "ErrorInfo",
     "RetryPolicy",
     "SSEDecoder",
@@ -340,30 +339,6 @@ def is_retryable(exc: ProviderError) -> bool:
     return isinstance(exc, ProviderAPIError) and (exc.status_code or 0) >= 500
 
 
-@dataclass
-class Attempts:
-    """Retry bookkeeping for one call: how many so far, since when."""
-
-    policy: RetryPolicy
-    provider: str
-    count: int = 0
-    start: float = field(default_factory=time.monotonic)
-
-    def next_delay(self, exc: ProviderError) -> float | None:
-        wait = self.policy.delay(exc, self.count, time.monotonic() - self.start)
-        if wait is not None:
-            self.count += 1
-            logger.info(
-                "%s: retry %d/%d in %.2fs after %s",
-                self.provider,
-                self.count,
-                self.policy.max_retries,
-                wait,
-                type(exc).__name__,
-            )
-        return wait
-
-
 # ---------------------------------------------------------------------- stream readers
 class SSEDecoder:
     """Incremental Server-Sent Events decoder fed one line at a time (per the WHATWG spec)."""
@@ -391,7 +366,7 @@ class SSEDecoder:
         return None
 
 
-def iter_events(lines: Iterator[str], fmt: StreamFormat) -> Iterator[WireEvent]:
+def iter_events(lines: Iterator[str], fmt: StreamFormat) -> Generator[WireEvent, None, None]:
     """Events from a response's lines (SSE or NDJSON)."""
     decoder = SSEDecoder()
     for line in lines:

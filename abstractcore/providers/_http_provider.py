@@ -1,7 +1,8 @@
 """HTTPProvider: the sync and async shells that drive a provider's wire format over httpx.
 
-Each verb builds its body with the :class:`~._http.WireFormat`, sends it with retries, and
-parses the answer with the same wire object, so the two shells differ only in their I/O calls.
+Each verb builds its body with the :class:`~._http.WireFormat`, sends it with retries (one
+loop, :class:`~._retry.Attempts`), and parses the answer with the same wire object, so the two
+shells differ only in their I/O calls.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import httpx
 from ..errors import ConfigurationError, ProviderAPIError, ProviderError
 from ..request import GenerationRequest
 from ..types import GenerateResponse, StreamChunk, Timing
-from . import _http
 from ._http import (
-    Attempts,
     RetryPolicy,
     WireEvent,
     WireFormat,
@@ -35,6 +34,7 @@ from ._http import (
     malformed_guard,
     translate_errors,
 )
+from ._retry import Attempts
 from .base import BaseProvider
 
 __all__ = ["HTTPProvider"]
@@ -145,17 +145,8 @@ class HTTPProvider(BaseProvider):
     def _generate(self, request: GenerationRequest) -> GenerateResponse:
         body = self._wire.build_body(request, stream=False)
         timeout = self._request_timeout(request)
-        attempts = Attempts(self.retry_policy, self.provider_name)
         start = time.perf_counter()
-        while True:
-            try:
-                raw = self._post(body, timeout)
-                break
-            except ProviderError as exc:
-                wait = attempts.next_delay(exc)
-                if wait is None:
-                    raise
-                _http.sleep(wait)
+        raw = self._attempts().run(lambda: self._post(body, timeout))
         return self._finish_response(raw, start)
 
     def _post(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
@@ -175,22 +166,11 @@ class HTTPProvider(BaseProvider):
     def _stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
         body = self._wire.build_body(request, stream=True)
         timeout = self._request_timeout(request)
-        attempts = Attempts(self.retry_policy, self.provider_name)
         timer = _StreamTimer()
-        while True:
-            yielded = False
-            try:
-                # closing(): a consumer that stops early releases the connection right away.
-                with closing(self._stream_once(body, timeout)) as chunks:
-                    for chunk in chunks:
-                        yielded = True
-                        yield timer.stamp(chunk)
-                return
-            except ProviderError as exc:
-                wait = None if yielded else attempts.next_delay(exc)
-                if wait is None:
-                    raise
-                _http.sleep(wait)
+        # closing(): a consumer that stops early releases the connection right away.
+        with closing(self._attempts().stream(lambda: self._stream_once(body, timeout))) as chunks:
+            for chunk in chunks:
+                yield timer.stamp(chunk)
 
     def _stream_once(
         self, body: dict[str, Any], timeout: httpx.Timeout
@@ -203,16 +183,16 @@ class HTTPProvider(BaseProvider):
         ):
             if response.status_code >= 400:
                 raise self._status_error(response, self._read(response))
-            events = iter_events(response.iter_lines(), self._wire.stream_format)
-            while not parser.done:
-                with translate_errors(self.provider_name, receiving=True):
-                    event = next(events, None)
-                if event is None:
-                    raise self._truncated()
-                with malformed_guard(self.provider_name, "stream event"):
-                    chunks = parser.feed(event)
-                yield from chunks
-            self._drain(events)
+            with closing(iter_events(response.iter_lines(), self._wire.stream_format)) as events:
+                while not parser.done:
+                    with translate_errors(self.provider_name, receiving=True):
+                        event = next(events, None)
+                    if event is None:
+                        raise self._truncated()
+                    with malformed_guard(self.provider_name, "stream event"):
+                        chunks = parser.feed(event)
+                    yield from chunks
+                self._drain(events)
 
     def _drain(self, events: Iterator[WireEvent]) -> None:
         # Reading to the end lets the connection go back to the pool; the answer is complete.
@@ -226,17 +206,8 @@ class HTTPProvider(BaseProvider):
     async def _agenerate(self, request: GenerationRequest) -> GenerateResponse:
         body = self._wire.build_body(request, stream=False)
         timeout = self._request_timeout(request)
-        attempts = Attempts(self.retry_policy, self.provider_name)
         start = time.perf_counter()
-        while True:
-            try:
-                raw = await self._apost(body, timeout)
-                break
-            except ProviderError as exc:
-                wait = attempts.next_delay(exc)
-                if wait is None:
-                    raise
-                await _http.asleep(wait)
+        raw = await self._attempts().arun(lambda: self._apost(body, timeout))
         return self._finish_response(raw, start)
 
     async def _apost(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
@@ -256,21 +227,11 @@ class HTTPProvider(BaseProvider):
     async def _astream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
         body = self._wire.build_body(request, stream=True)
         timeout = self._request_timeout(request)
-        attempts = Attempts(self.retry_policy, self.provider_name)
         timer = _StreamTimer()
-        while True:
-            yielded = False
-            try:
-                async with aclosing(self._astream_once(body, timeout)) as chunks:
-                    async for chunk in chunks:
-                        yielded = True
-                        yield timer.stamp(chunk)
-                return
-            except ProviderError as exc:
-                wait = None if yielded else attempts.next_delay(exc)
-                if wait is None:
-                    raise
-                await _http.asleep(wait)
+        attempts = self._attempts()
+        async with aclosing(attempts.astream(lambda: self._astream_once(body, timeout))) as chunks:
+            async for chunk in chunks:
+                yield timer.stamp(chunk)
 
     async def _astream_once(
         self, body: dict[str, Any], timeout: httpx.Timeout
@@ -283,8 +244,8 @@ class HTTPProvider(BaseProvider):
             ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await self._aread(response))
-                events = aiter_events(response.aiter_lines(), self._wire.stream_format)
-                try:
+                lines = response.aiter_lines()
+                async with aclosing(aiter_events(lines, self._wire.stream_format)) as events:
                     while not parser.done:
                         with translate_errors(self.provider_name, receiving=True):
                             event = await anext(events, None)
@@ -295,8 +256,6 @@ class HTTPProvider(BaseProvider):
                         for chunk in chunks:
                             yield chunk
                     await self._adrain(events)
-                finally:
-                    await events.aclose()
 
     async def _adrain(self, events: AsyncIterator[WireEvent]) -> None:
         try:
@@ -304,6 +263,9 @@ class HTTPProvider(BaseProvider):
                 pass
         except httpx.HTTPError:
             logger.debug("%s: ignoring an error after the stream's end", self.provider_name)
+
+    def _attempts(self) -> Attempts:
+        return Attempts(self.retry_policy, self.provider_name)
 
     # ------------------------------------------------------------------ shared helpers
     def _status_error(self, response: httpx.Response, raw: bytes) -> ProviderError:
