@@ -10,7 +10,8 @@ STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
 setup: system-deps $(STAMP) model
 
 # On Linux, MLX's CPU backend ships a reference BLAS; OpenBLAS makes float32 matmuls ~30x
-# faster (design.md section 6). Installed only when we are root on a Debian-like system.
+# faster (docs/architecture.md, "The machine under it"). Installed only when we are root on a
+# Debian-like system.
 system-deps:
 	@if [ "$$(uname -s)" = "Linux" ] && ! { ls /usr/lib/*-linux-gnu/openblas*/libopenblas.so.0 2>/dev/null; \
 	    PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null; } | grep -q 'libopenblas.*\.so\.0'; then \

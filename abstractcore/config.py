@@ -34,8 +34,8 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._naming import canonical_name
 from .errors import ConfigurationError
-from .factory import canonical_name
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,6 +13,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from ._naming import canonical_name
 from .errors import ConfigurationError, InvalidRequestError
 from .providers.base import BaseProvider
 
@@ -34,11 +35,6 @@ _BUILTIN: dict[str, str] = {
 
 # Extras that bring a provider's third-party packages (the HTTP providers need none).
 _EXTRAS = {"mlx": "mlx"}
-
-
-def canonical_name(name: str) -> str:
-    """The registry key for a provider name: ``"OpenAI_Compatible"`` -> ``"openai-compatible"``."""
-    return name.strip().lower().replace("_", "-")
 
 
 @lru_cache(maxsize=1)

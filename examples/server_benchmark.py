@@ -31,8 +31,8 @@ from typing import Any
 
 import httpx
 
-from abstractcore.bench.config import GenParams
 from abstractcore.bench.metrics import LevelSummary, QueryResult
+from abstractcore.bench.mlx_lm_server import MLXLMServer
 from abstractcore.bench.progress import make_progress
 from abstractcore.bench.prompts import load_prompts
 from abstractcore.bench.report import (
@@ -43,7 +43,7 @@ from abstractcore.bench.report import (
 )  # fmt: skip
 from abstractcore.bench.runner import SweepResult, run_level
 from abstractcore.bench.scenarios import Query, get_scenario
-from abstractcore.bench.server import MLXLMServer
+from abstractcore.bench.sweep_config import GenParams
 from abstractcore.bench.systems import ProviderSystem, System
 
 PROMPTS = Path(__file__).resolve().parent / "assets" / "mlx_benchmark_prompts_128.json"

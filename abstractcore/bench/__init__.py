@@ -7,12 +7,12 @@ the baselines it compares against (serialized ``mlx_lm`` generation, mlx-lm's ow
 
 from __future__ import annotations
 
-from .cli import main
-from .config import BenchConfig, GenParams
+from .bench_command import main
 from .metrics import LevelSummary, QueryResult, percentile, summarize, throughput
 from .prompts import Prompt, load_prompts
 from .runner import SweepResult, run_level, run_sweep
 from .scenarios import Query, Scenario, get_scenario, register_scenario
+from .sweep_config import BenchConfig, GenParams
 
 __all__ = [
     "BenchConfig",

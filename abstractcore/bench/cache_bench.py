@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .cache_workloads import TURNS, build_shared_prefix, conversation_turns
-from .config import MLX_LM_SERVER, GenParams
 from .metrics import LevelSummary
 from .progress import make_progress
 from .prompts import default_prompts_file, load_prompts, select_prompts
 from .runner import SweepResult, run_level
+from .sweep_config import MLX_LM_SERVER, GenParams
 from .systems import MLXLMServerSystem, ProviderSystem, System
 
 __all__ = ["main", "run_memory", "run_multiturn", "run_shared_prefix"]

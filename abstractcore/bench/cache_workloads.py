@@ -10,12 +10,9 @@ starts with the same ~1,000-token system prompt (a rule book, as agents send too
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .prompts import Prompt, select_prompts
-
-if TYPE_CHECKING:
-    from .scenarios import Query
+from .prompts import Prompt, Query, select_prompts
 
 __all__ = [
     "TURNS",
@@ -93,8 +90,6 @@ def conversation_turns(questions: Sequence[str]) -> list[list[dict[str, str]]]:
 
 def build_multiturn(prompts: Sequence[Prompt], n: int) -> list[Query]:
     """``n`` queries: ceil(n / 8) conversations of 8 turns, turn-major, one key each."""
-    from .scenarios import Query
-
     convs = max(1, -(-n // TURNS))
     picked = select_prompts(prompts, convs * TURNS)
     plans: list[tuple[str, list[list[dict[str, str]]]]] = []
@@ -111,8 +106,6 @@ def build_multiturn(prompts: Sequence[Prompt], n: int) -> list[Query]:
 
 def build_shared_prefix(prompts: Sequence[Prompt], n: int) -> list[Query]:
     """``n`` distinct questions behind the same ~1,000-token system prompt, no keys."""
-    from .scenarios import Query
-
     system = shared_system_prompt()
     return [
         Query(

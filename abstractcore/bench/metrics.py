@@ -64,7 +64,7 @@ class LevelSummary:
     ttft_p95_s: float | None
     decode_tok_s_avg: float | None
     per_query_tok_s_avg: float | None
-    outside_next_share: float | None = None
+    outside_model_share: float | None = None
     complete: bool = True
 
 
@@ -96,7 +96,7 @@ def summarize(
     wall_s: float,
     *,
     queries: int | None = None,
-    outside_next_share: float | None = None,
+    outside_model_share: float | None = None,
     complete: bool = True,
 ) -> LevelSummary:
     """Summarize one level; failed requests count as errors and add no tokens or timings."""
@@ -120,6 +120,6 @@ def summarize(
         ttft_p95_s=percentile(ttfts, 95),
         decode_tok_s_avg=_mean(decode),
         per_query_tok_s_avg=_mean(per_query),
-        outside_next_share=outside_next_share,
+        outside_model_share=outside_model_share,
         complete=complete,
     )

@@ -1,10 +1,10 @@
-"""The benchmark's prompt set: loading, validation and selection."""
+"""The benchmark's prompt set (loading, validation, selection) and the queries made of it."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_PROMPTS_NAME",
     "Prompt",
     "PromptsFileError",
+    "Query",
     "default_prompts_file",
     "load_prompts",
     "select_prompts",
@@ -35,6 +36,15 @@ class Prompt:
 
     id: str
     text: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """One request of a level: chat messages plus per-request options."""
+
+    id: str
+    messages: list[dict[str, str]]
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def default_prompts_file() -> Path:

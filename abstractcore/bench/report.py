@@ -32,7 +32,7 @@ SUMMARY_COLUMNS = [
     "system", "concurrency", "queries", "completed", "errors", "wall_s",
     "prompt_tokens", "output_tokens", "throughput_tok_s",
     "ttft_avg_s", "ttft_p50_s", "ttft_p95_s",
-    "decode_tok_s_avg", "per_query_tok_s_avg", "outside_next_share", "complete",
+    "decode_tok_s_avg", "per_query_tok_s_avg", "outside_model_share", "complete",
 ]  # fmt: skip
 
 QUERY_COLUMNS = [
@@ -91,7 +91,7 @@ def write_summary_csv(path: Path, summaries: Iterable[LevelSummary]) -> None:
                 s.prompt_tokens, s.output_tokens, _num(s.throughput_tok_s, 2),
                 _num(s.ttft_avg_s), _num(s.ttft_p50_s), _num(s.ttft_p95_s),
                 _num(s.decode_tok_s_avg, 2), _num(s.per_query_tok_s_avg, 2),
-                _num(s.outside_next_share), "true" if s.complete else "false",
+                _num(s.outside_model_share), "true" if s.complete else "false",
             ])  # fmt: skip
 
 
@@ -179,7 +179,7 @@ def format_comparison(summaries: Sequence[LevelSummary], primary: str) -> str:
         return ""
     by_key = {(s.system, s.concurrency): s for s in done}
     header = ["conc", *(f"{s} tok/s" for s in systems), *(f"{primary}/{o}" for o in others)]
-    header += [*(f"{s} p50 TTFT s" for s in systems), f"{primary} outside next()"]
+    header += [*(f"{s} p50 TTFT s" for s in systems), f"{primary} outside model steps"]
     rows = []
     for c in sorted({s.concurrency for s in done}):
         level = [by_key.get((s, c)) for s in systems]
@@ -192,7 +192,7 @@ def format_comparison(summaries: Sequence[LevelSummary], primary: str) -> str:
             )
             row.append("-" if ratio is None else f"{ratio:.2f}x")
         row += [_f(x.ttft_p50_s, 2) if x else "-" for x in level]
-        share = p.outside_next_share if p else None
+        share = p.outside_model_share if p else None
         row.append("-" if share is None else f"{share * 100:.1f}%")
         rows.append(row)
     return _markdown(header, rows)

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError
-from .config import BenchConfig, GenParams
 from .metrics import LevelSummary, QueryResult, summarize
 from .progress import Progress
 from .scenarios import Query
+from .sweep_config import BenchConfig, GenParams
 from .systems import System
 
 __all__ = [
     "QUERIES_PER_WORKER_PER_ROUND",
     "RoundResult",
     "SweepResult",
-    "outside_next_share",
+    "outside_model_share",
     "run_level",
     "run_round",
     "run_sweep",
@@ -58,7 +58,7 @@ class RoundResult:
 
     results: list[QueryResult]
     wall_s: float
-    in_next_s: float | None  # seconds the MLX engine spent inside BatchGenerator.next()
+    in_model_s: float | None  # seconds the MLX engine spent in model steps
     complete: bool
 
 
@@ -128,8 +128,8 @@ async def run_round(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        in_next = _time_in_next(before, system.engine_stats()) if complete else None
-        into.append(RoundResult(done, wall, in_next, complete))
+        in_model = _model_time(before, system.engine_stats()) if complete else None
+        into.append(RoundResult(done, wall, in_model, complete))
         if rounds > 1 and complete:
             progress.round_done()
     return into[-1]
@@ -144,12 +144,12 @@ def summarize_rounds(
     """
     results = [q for r in rounds for q in r.results]
     wall = sum(r.wall_s for r in rounds)
-    in_next = [r.in_next_s for r in rounds]
+    in_model = [r.in_model_s for r in rounds]
     share = None
-    if rounds and wall > 0 and all(x is not None for x in in_next):
-        share = max(0.0, min(1.0, 1.0 - sum(x for x in in_next if x is not None) / wall))
+    if rounds and wall > 0 and all(x is not None for x in in_model):
+        share = max(0.0, min(1.0, 1.0 - sum(x for x in in_model if x is not None) / wall))
     return summarize(
-        system, concurrency, results, wall, queries=queries, outside_next_share=share,
+        system, concurrency, results, wall, queries=queries, outside_model_share=share,
         complete=all(r.complete for r in rounds) and len(results) == queries,
     )  # fmt: skip
 
@@ -173,27 +173,28 @@ async def run_level(
     return summary
 
 
-# The MLX engine's cumulative seconds inside BatchGenerator.next() (MLXProvider.stats()).
-_NEXT_TIME_KEY = "time_in_next_s"
+# The MLX engine's cumulative seconds in model steps: BatchGenerator.next() or a solo step
+# (MLXProvider.stats()).
+_MODEL_TIME_KEY = "model_step_s"
 
 
-def _time_in_next(before: dict[str, Any] | None, after: dict[str, Any] | None) -> float | None:
+def _model_time(before: dict[str, Any] | None, after: dict[str, Any] | None) -> float | None:
     if not before or not after:
         return None
-    a, b = before.get(_NEXT_TIME_KEY), after.get(_NEXT_TIME_KEY)
+    a, b = before.get(_MODEL_TIME_KEY), after.get(_MODEL_TIME_KEY)
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return None
     return float(b - a)
 
 
-def outside_next_share(
+def outside_model_share(
     before: dict[str, Any] | None, after: dict[str, Any] | None, wall_s: float
 ) -> float | None:
-    """Share of the level's wall time the engine spent outside ``BatchGenerator.next()``."""
-    in_next = _time_in_next(before, after)
-    if in_next is None or wall_s <= 0:
+    """Share of the level's wall time the engine spent outside model steps."""
+    in_model = _model_time(before, after)
+    if in_model is None or wall_s <= 0:
         return None
-    return max(0.0, min(1.0, 1.0 - in_next / wall_s))
+    return max(0.0, min(1.0, 1.0 - in_model / wall_s))
 
 
 async def run_sweep(

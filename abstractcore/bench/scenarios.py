@@ -1,18 +1,17 @@
 """Workload scenarios: how prompts become the queries of one level.
 
-``independent`` is built in; the prompt-cache work registers ``multiturn`` and
-``shared-prefix`` through :func:`register_scenario`.
+``independent``, ``multiturn`` and ``shared-prefix`` are built in (the last two come from
+cache_workloads.py); :func:`register_scenario` adds others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from ..errors import ConfigurationError
 from .cache_workloads import build_multiturn, build_shared_prefix
-from .prompts import Prompt, select_prompts
+from .prompts import Prompt, Query, select_prompts
 
 __all__ = [
     "Query",
@@ -22,15 +21,6 @@ __all__ = [
     "register_scenario",
     "scenario_names",
 ]
-
-
-@dataclass(frozen=True)
-class Query:
-    """One request of a level: chat messages plus per-request options."""
-
-    id: str
-    messages: list[dict[str, str]]
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

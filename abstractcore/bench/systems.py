@@ -12,10 +12,10 @@ from typing import Any
 
 from ..errors import ConfigurationError, GenerationCancelledError
 from ..factory import available_providers, canonical_name, create_llm
-from .config import ENGINE, ENGINE_STREAM, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
 from .metrics import QueryResult
+from .mlx_lm_server import MLXLMServer
 from .scenarios import Query
-from .server import MLXLMServer
+from .sweep_config import ENGINE, ENGINE_STREAM, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
 from .threads import MLXThreads
 
 __all__ = ["MLXLMServerSystem", "ProviderSystem", "SerialMLXSystem", "System", "build_system"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from abstractcore.bench.cli import parse_config
+from abstractcore.bench.bench_command import parse_config
 from abstractcore.bench.report import QUERY_COLUMNS, SUMMARY_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_tiny_sweep_writes_csvs_png_and_table(tmp_path: Path) -> None:
         assert (r["completed"], r["errors"], r["complete"]) == ("4", "0", "true")
         assert int(r["output_tokens"]) > 0 and float(r["throughput_tok_s"]) > 0
         assert float(r["ttft_p50_s"]) > 0
-    assert rows[0]["outside_next_share"] != ""  # the engine reports time inside next()
+    assert rows[0]["outside_model_share"] != ""  # the engine reports time inside next()
 
     queries = _read_csv(_one(tmp_path, "queries.csv"))
     assert queries[0] == QUERY_COLUMNS

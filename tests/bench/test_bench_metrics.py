@@ -18,7 +18,7 @@ from abstractcore.bench.report import (
     write_queries_csv,
     write_summary_csv,
 )
-from abstractcore.bench.runner import outside_next_share
+from abstractcore.bench.runner import outside_model_share
 
 
 def _q(
@@ -72,12 +72,12 @@ def test_summarize_counts_errors_apart() -> None:
     assert s.per_query_tok_s_avg == pytest.approx((10 / 2 + 20 / 4) / 2)
 
 
-def test_outside_next_share_from_engine_stats() -> None:
-    assert outside_next_share(
-        {"time_in_next_s": 1.0}, {"time_in_next_s": 1.9}, 1.0
-    ) == pytest.approx(0.1)
-    assert outside_next_share(None, {"time_in_next_s": 1.0}, 1.0) is None
-    assert outside_next_share({"steps": 1}, {"steps": 2}, 1.0) is None
+def test_outside_model_share_from_engine_stats() -> None:
+    assert outside_model_share({"model_step_s": 1.0}, {"model_step_s": 1.9}, 1.0) == pytest.approx(
+        0.1
+    )
+    assert outside_model_share(None, {"model_step_s": 1.0}, 1.0) is None
+    assert outside_model_share({"steps": 1}, {"steps": 2}, 1.0) is None
 
 
 def test_tables_are_markdown_with_ratios() -> None:

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from abstractcore.bench.cli import parse_config
-from abstractcore.bench.config import BenchConfig, GenParams
+from abstractcore.bench.bench_command import parse_config
 from abstractcore.bench.metrics import QueryResult
 from abstractcore.bench.progress import LogProgress, Progress
 from abstractcore.bench.runner import (
@@ -21,6 +20,7 @@ from abstractcore.bench.runner import (
     summarize_rounds,
 )
 from abstractcore.bench.scenarios import Query
+from abstractcore.bench.sweep_config import BenchConfig, GenParams
 from abstractcore.bench.systems import System
 
 
@@ -58,7 +58,7 @@ class _Recorder(System):
         )
 
     def engine_stats(self) -> dict[str, Any] | None:
-        return {"time_in_next_s": self.next_s} if self.name == "engine" else None
+        return {"model_step_s": self.next_s} if self.name == "engine" else None
 
     async def close(self) -> None:
         self.closed += 1
@@ -115,8 +115,8 @@ def test_interleaved_sweep_alternates_systems_within_each_level() -> None:
         ("serial", 1, 16, True), ("serial", 2, 16, True),
     ]  # fmt: skip
     eng = result.summaries[0]
-    assert eng.output_tokens == 64 and eng.outside_next_share is not None
-    assert result.summaries[2].outside_next_share is None  # serial has no engine stats
+    assert eng.output_tokens == 64 and eng.outside_model_share is not None
+    assert result.summaries[2].outside_model_share is None  # serial has no engine stats
     assert (
         a.closed == 1 and b.closed == 1 and log[-2:] == [("close", "engine"), ("close", "serial")]
     )
@@ -193,9 +193,9 @@ def test_summarize_rounds_adds_walls_and_engine_time() -> None:
     s = summarize_rounds("engine", 1, rounds, queries=3)
     assert s.wall_s == pytest.approx(5.0) and s.output_tokens == 30
     assert s.throughput_tok_s == pytest.approx(6.0)
-    assert s.outside_next_share == pytest.approx(0.1)
+    assert s.outside_model_share == pytest.approx(0.1)
     partial = summarize_rounds("engine", 1, [*rounds, RoundResult([], 1.0, None, False)], 3)
-    assert not partial.complete and partial.outside_next_share is None
+    assert not partial.complete and partial.outside_model_share is None
 
 
 def test_order_flag() -> None:

@@ -159,7 +159,8 @@ def mlx_lm_server(embedded_model_dir: Path) -> Iterator[str]:
     pytest.importorskip("mlx_lm")
     port = _free_port()
     env = dict(os.environ)
-    if _OPENBLAS.exists():  # the reference BLAS of mlx[cpu] is ~30x slower (design.md section 6)
+    # The reference BLAS of mlx[cpu] is ~30x slower (docs/architecture.md, "The machine under it")
+    if _OPENBLAS.exists():
         env["LD_PRELOAD"] = str(_OPENBLAS)
     # A file, not a pipe, for its output: a full pipe would block the server's INFO logging.
     with tempfile.TemporaryFile() as log:

@@ -1,10 +1,11 @@
 """Load an optimized system BLAS into the process before MLX's CPU backend binds its own.
 
 On Linux, ``mlx[cpu]`` ships the reference BLAS: float32 matmuls run ~30x slower than with
-OpenBLAS (design.md section 6). Loading OpenBLAS with ``RTLD_GLOBAL`` *before the first
-``import mlx``* makes the dynamic linker resolve MLX's ``cblas_*``/``sgemm_`` symbols to it.
-The preload is process-wide and cannot be undone, so it happens at most once; the MLX engine
-thread calls :func:`preload_blas` before it imports MLX, as do the loading helpers.
+OpenBLAS (docs/architecture.md, "The machine under it"). Loading OpenBLAS with
+``RTLD_GLOBAL`` *before the first ``import mlx``* makes the dynamic linker resolve MLX's
+``cblas_*``/``sgemm_`` symbols to it. The preload is process-wide and cannot be undone, so
+it happens at most once; the MLX engine thread calls :func:`preload_blas` before it imports
+MLX, as do the loading helpers.
 """
 
 from __future__ import annotations

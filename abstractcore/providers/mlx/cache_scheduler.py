@@ -20,11 +20,17 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import InvalidRequestError
-from .prompt_cache import Hit, PromptCacheStore, load_cache_file, plan_forks, save_cache_file
-from .requests import RequestState
+from .prompt_cache import Hit, PromptCacheStore, default_budget_bytes
+from .prompt_cache_files import load_cache_file, save_cache_file
+from .token_prefix import plan_forks
+
+if TYPE_CHECKING:
+    from .model_setup import ModelSetup
+    from .options import EngineOptions
+    from .request_state import RequestState
 
 __all__ = ["FORK_MIN_TOKENS", "CacheScheduler"]
 
@@ -72,6 +78,25 @@ class CacheScheduler:
         #: Requests held back until their fork's lead holds the shared prefix (an int, so
         #: other threads may read it while the engine thread changes the forks).
         self.deferred = 0
+
+    @classmethod
+    def for_model(
+        cls,
+        options: EngineOptions,
+        setup: ModelSetup,
+        requeue: Callable[[list[RequestState]], None],
+        *,
+        model_id: str,
+    ) -> CacheScheduler:
+        """The scheduler and its store for a loaded model, as ``options`` set the budget."""
+        budget = options.prompt_cache_bytes
+        store = PromptCacheStore(
+            default_budget_bytes() if budget is None else budget,
+            prefix_cache=options.prefix_cache,
+            share_prefix_across_keys=options.share_prefix_across_keys,
+            disabled_reason=setup.cache_reason,
+        )
+        return cls(store, requeue, model_id=model_id, num_layers=setup.num_layers)
 
     def _recount(self) -> None:
         self.deferred = sum(len(f.followers) for f in self._forks.values())
@@ -147,13 +172,8 @@ class CacheScheduler:
             lease.kv = lease.base = kv
             self._leases[new_uid] = lease
 
-    def release(self, hits: Sequence[Hit | None]) -> None:
-        """Hits checked out for an insert that failed."""
-        for hit in hits:
-            self.store.release(hit)
-
     # ------------------------------------------------------------------ steps
-    def after_step(self, gen: Any, prompt_responses: Sequence[Any]) -> None:
+    def after_step(self, batch: Any, prompt_responses: Sequence[Any]) -> None:
         """Follow prefill progress; land every fork whose lead now holds its prefix."""
         leases = self._leases
         for r in prompt_responses:
@@ -162,17 +182,17 @@ class CacheScheduler:
                 lease.kv = lease.base + int(r.progress[0])
         if self._forks:
             for lead in [s for s, f in self._forks.items() if self._kv(s) >= f.need]:
-                self._land(gen, lead)
+                self._land(batch, lead)
 
     def _kv(self, state: RequestState) -> int:
         lease = self._leases.get(state.uid) if state.uid is not None else None
         return -1 if lease is None else lease.kv
 
-    def _land(self, gen: Any, lead: RequestState) -> None:
+    def _land(self, batch: Any, lead: RequestState) -> None:
         fork = self._forks.pop(lead)
         self._recount()
         stored = False
-        got = gen.extract_cache([lead.uid]).get(lead.uid)
+        got = batch.extract_cache([lead.uid]).get(lead.uid)
         if got is not None:
             cache, tokens = got
             prefix = lead.job.prompt_tokens[: fork.need]

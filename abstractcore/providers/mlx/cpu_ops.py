@@ -17,16 +17,16 @@ SmolLM2-135M spent about 65 ms in attention and 32 ms in SwiGLU out of ~350 ms:
   error 8e-8 against 3.8e-6; ``tests/providers/mlx/test_cpu_ops.py``).
 
 The model code calls these through module globals (``scaled_dot_product_attention`` and
-``swiglu`` in e.g. ``mlx_lm.models.llama``), so :func:`install` puts a dispatcher there that
-uses the fast version only on a thread that called :func:`enable_on_this_thread` (the
-engine's) and mlx-lm's own everywhere else: another model in the same process, such as the
-benchmark's ``mlx_lm.generate`` baseline, runs unchanged.
+``swiglu`` in e.g. ``mlx_lm.models.llama``), so :func:`install` has compat.py put a dispatcher
+there, in every module the model's layers come from, that uses the fast version only on a
+thread that called :func:`enable_on_this_thread` (the engine's) and mlx-lm's own everywhere
+else: another model in the same process, such as the benchmark's ``mlx_lm.generate``
+baseline, runs unchanged.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -180,35 +180,23 @@ def _swiglu_dispatcher(original: Callable[..., Any]) -> Callable[..., Any]:
     return dispatched_swiglu
 
 
-def install(model: Any) -> list[str]:
-    """Put the dispatchers into the module that defines ``model``'s class; returns the
-    names it replaced (empty for a model family that calls neither function by name).
-
-    SwiGLU is only replaced where MLX can compile for the CPU (it runs ``g++``)."""
+def install(model: Any) -> tuple[list[str], list[str]]:
+    """Put the dispatchers into every module the model's layers come from; returns (names
+    replaced, names not replaced: no module of the model calls mlx-lm's function by that
+    name, or SwiGLU where MLX cannot compile for the CPU: it runs ``g++``)."""
     from mlx_lm.models import activations, base
 
-    module = sys.modules.get(type(model).__module__)
-    if module is None:
-        return []
-    replaced = []
-    sdpa = base.scaled_dot_product_attention
-    if _replace(module, "scaled_dot_product_attention", sdpa, _attention_dispatcher):
-        replaced.append("scaled_dot_product_attention")
-    if shutil.which("g++") and _replace(module, "swiglu", activations.swiglu, _swiglu_dispatcher):
-        replaced.append("swiglu")
-    return replaced
+    from .compat import replace_module_functions
 
-
-def _replace(
-    module: Any, name: str, original: Any, dispatcher: Callable[[Any], Callable[..., Any]]
-) -> bool:
-    """Put ``dispatcher(original)`` in place of ``module.name`` if that is ``original``;
-    True when the module calls a dispatcher now (this one or an earlier engine's)."""
-    current = getattr(module, name, None)
-    if current is original:
-        setattr(module, name, dispatcher(original))
-        return True
-    return getattr(current, "__wrapped__", None) is original
+    wanted: dict[str, tuple[Any, Callable[[Any], Callable[..., Any]]]] = {
+        "scaled_dot_product_attention": (base.scaled_dot_product_attention, _attention_dispatcher)
+    }
+    if shutil.which("g++"):
+        wanted["swiglu"] = (activations.swiglu, _swiglu_dispatcher)
+    replaced, missing = replace_module_functions(model, wanted)
+    if not shutil.which("g++"):
+        missing.append("swiglu")
+    return replaced, missing
 
 
 def enable_on_this_thread(on: bool = True) -> None:

@@ -87,7 +87,8 @@ def cache_dir() -> Path:
 def default_dtype() -> str:
     """``keep`` (quantized) on Apple silicon / Metal, ``float32`` on CPU.
 
-    MLX's CPU quantized matmul is ~10x slower than float32 with OpenBLAS (design.md section 6).
+    MLX's CPU quantized matmul is ~10x slower than float32 with OpenBLAS
+    (docs/architecture.md, "The machine under it").
     Decided from the platform, without importing MLX, so cache lookups stay cheap.
     """
     if sys.platform == "darwin" and platform.machine() == "arm64":

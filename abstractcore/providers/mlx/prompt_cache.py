@@ -13,37 +13,30 @@ Two layers share one budget (``budget_bytes``), evicted least-recently-used firs
   the request ends, and eviction only removes unpinned leaves.
 
 Everything here runs on the engine thread (MLX arrays are thread-bound); ``stats()`` reads
-plain ints and may be called from any thread. :func:`plan_forks` groups a wave of queued
-prompts that share a prefix worth prefilling once.
+plain ints and may be called from any thread. The writes into ``KVCache`` layers go through
+compat.py (the engine's one boundary to mlx-lm's internals).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ...errors import InvalidRequestError
+from .compat import cut_layer, kv_layer, trim_layers
+from .token_prefix import common_prefix_length
 
 __all__ = [
     "DEFAULT_BUDGET_CAP",
-    "Fork",
     "Hit",
     "PromptCacheStore",
     "cache_support",
-    "common_prefix_length",
     "default_budget_bytes",
-    "load_cache_file",
-    "plan_forks",
-    "save_cache_file",
 ]
 
 #: Upper bound of the default budget: ~46k tokens of SmolLM2-135M fp32 KV (45 KiB/token).
 DEFAULT_BUDGET_CAP = 2 << 30
-_FILE_FORMAT = "abstractcore.prompt_cache/1"
 
 
 def default_budget_bytes() -> int:
@@ -74,21 +67,6 @@ def cache_support(layers: Sequence[Any]) -> str | None:
                 "trimmed to a prefix and merged into a batch"
             )
     return None
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    if list(a[:n]) == list(b[:n]):
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]: bisect with C-level slice compares
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 # ---------------------------------------------------------------------------------- store
@@ -168,17 +146,6 @@ class PromptCacheStore:
         """True when a request with ``key`` reads and feeds the shared prefix tree."""
         return self.enabled and self.prefix_cache and (key is None or self.share_across_keys)
 
-    def match(self, tokens: Sequence[int], key: str | None = None) -> int:
-        """How many leading tokens a request would reuse now (at most ``len(tokens) - 1``)."""
-        if not self.enabled or len(tokens) < 2:
-            return 0
-        best = 0
-        if key is not None and key in self._keyed:
-            best = common_prefix_length(self._keyed[key].tokens, tokens)
-        if self.shares(key):
-            best = max(best, self._walk(tokens)[0])
-        return min(best, len(tokens) - 1)
-
     def tree_depth(self, tokens: Sequence[int]) -> int:
         """How many leading tokens of ``tokens`` the shared prefix tree holds."""
         return self._walk(tokens)[0] if self.enabled else 0
@@ -210,8 +177,7 @@ class PromptCacheStore:
             assert entry is not None and key is not None
             del self._keyed[key]  # moved: the running request owns these arrays now
             self.bytes -= entry.nbytes
-            for c in entry.cache:
-                c.offset = keyed_n  # trim in place: BatchKVCache.merge reads [:offset]
+            trim_layers(entry.cache, keyed_n)
             self.tokens_saved += keyed_n
             return Hit(key, keyed_n, list(tokens[:keyed_n]), entry.cache)
         node = self._pin_path(path, tree_n)
@@ -276,11 +242,8 @@ class PromptCacheStore:
         import mlx.core as mx
 
         n = len(tokens)
-        for c in cache:
-            if c.keys.shape[2] != n:  # drop what lies past the tokens (e.g. a trimmed view)
-                c.keys = mx.contiguous(c.keys[..., :n, :])
-                c.values = mx.contiguous(c.values[..., :n, :])
-            c.offset = n
+        for c in cache:  # drop what lies past the tokens (e.g. a trimmed view)
+            cut_layer(c, n, mx.contiguous)
         mx.eval([(c.keys, c.values) for c in cache])  # detach from the batch's arrays
         nbytes = sum(c.keys.nbytes + c.values.nbytes for c in cache)
         old = self._keyed.pop(key, None)
@@ -323,7 +286,6 @@ class PromptCacheStore:
     def _materialize(self, path: list[tuple[_Node, int]], n: int) -> list[Any]:
         """Fresh KVCache objects over the first ``n`` tokens of ``path`` (lazy, no copy kept)."""
         import mlx.core as mx
-        from mlx_lm.models.cache import KVCache
 
         parts: list[tuple[_Node, int]] = []
         used = 0
@@ -340,11 +302,9 @@ class PromptCacheStore:
                 whole = take == len(node.tokens)
                 ks.append(node.keys[layer] if whole else node.keys[layer][..., :take, :])
                 vs.append(node.values[layer] if whole else node.values[layer][..., :take, :])
-            c = KVCache()  # type: ignore[no-untyped-call]
-            c.keys = ks[0] if len(ks) == 1 else mx.concatenate(ks, axis=2)
-            c.values = vs[0] if len(vs) == 1 else mx.concatenate(vs, axis=2)
-            c.offset = n
-            out.append(c)
+            keys = ks[0] if len(ks) == 1 else mx.concatenate(ks, axis=2)
+            values = vs[0] if len(vs) == 1 else mx.concatenate(vs, axis=2)
+            out.append(kv_layer(keys, values, n))
         return out
 
     def _insert(self, tokens: Sequence[int], cache: Sequence[Any]) -> None:
@@ -474,124 +434,3 @@ class PromptCacheStore:
             "tokens_saved": self.tokens_saved,
             "in_use": self.in_use,
         }
-
-
-# ---------------------------------------------------------------------------------- waves
-@dataclass(frozen=True)
-class Fork:
-    """Requests (indices into the planned list) that share ``length`` leading tokens: the
-    lead prefills them once, the followers reuse the lead's cache of them."""
-
-    lead: int
-    followers: tuple[int, ...]
-    length: int
-
-
-def plan_forks(
-    prompts: Sequence[Sequence[int]],
-    covered: Callable[[Sequence[int]], int],
-    min_tokens: int = 16,
-) -> list[Fork]:
-    """Groups of prompts whose shared prefix is worth prefilling once and forking.
-
-    ``covered(prefix)`` says how much of a prefix is cached already. Prompts are sorted so
-    those sharing a prefix are adjacent; the split (at the weakest adjacent common prefix)
-    that saves the most prefill tokens wins, so 16 prompts on system prompt A and 16 on B
-    give two forks rather than one on their common template head.
-    """
-    n = len(prompts)
-    if n < 2:
-        return []
-    order = sorted(range(n), key=lambda i: list(prompts[i]))
-    lcps = [common_prefix_length(prompts[order[j]], prompts[order[j + 1]]) for j in range(n - 1)]
-
-    def best(lo: int, hi: int) -> tuple[int, list[Fork]]:
-        if hi <= lo:
-            return 0, []
-        j = min(range(lo, hi), key=lcps.__getitem__)
-        members = order[lo : hi + 1]
-        length = min(lcps[j], min(len(prompts[i]) for i in members) - 1)
-        gain = length - covered(prompts[members[0]][:length]) if length > 0 else 0
-        own = (hi - lo) * gain if gain >= min_tokens else 0
-        left, left_forks = best(lo, j)
-        right, right_forks = best(j + 1, hi)
-        if left + right > own:
-            return left + right, left_forks + right_forks
-        if own == 0:
-            return 0, []
-        members = sorted(members)
-        return own, [Fork(members[0], tuple(members[1:]), length)]
-
-    return best(0, n - 1)[1]
-
-
-# ---------------------------------------------------------------------------------- files
-def _file_path(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    return p if p.name.endswith(".safetensors") else p.with_name(p.name + ".safetensors")
-
-
-def save_cache_file(
-    path: str | os.PathLike[str], tokens: Sequence[int], cache: Sequence[Any], model: str
-) -> Path:
-    """Write ``cache`` (covering ``tokens``) as safetensors with the model and token ids in
-    its metadata; returns the path written (``.safetensors`` appended when missing)."""
-    from mlx_lm.models.cache import save_prompt_cache
-
-    target = _file_path(path)
-    meta = {"format": _FILE_FORMAT, "model": model, "tokens": json.dumps(list(tokens))}
-    try:
-        save_prompt_cache(str(target), list(cache), metadata=meta)
-    except OSError as exc:
-        raise InvalidRequestError(
-            f"cannot write the prompt cache file {target}: {exc}", field="path", provider="mlx"
-        ) from exc
-    return target
-
-
-def load_cache_file(
-    path: str | os.PathLike[str], model: str, num_layers: int
-) -> tuple[list[int], list[Any]]:
-    """Read a file written by :func:`save_cache_file` for ``model``: (tokens, cache).
-
-    Raises InvalidRequestError (field ``path``) for a missing or unreadable file, one that is
-    not an abstractcore prompt cache, or one made by another model (naming both).
-    """
-    from mlx_lm.models.cache import KVCache, load_prompt_cache
-
-    p = Path(path)
-    if not p.exists() and _file_path(p).exists():
-        p = _file_path(p)
-    try:
-        cache, meta = load_prompt_cache(str(p), return_metadata=True)  # type: ignore[no-untyped-call]
-    except Exception as exc:  # mx.load raises bare RuntimeError/ValueError
-        raise InvalidRequestError(
-            f"cannot read the prompt cache file {p}: {exc}", field="path", provider="mlx"
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != _FILE_FORMAT:
-        raise InvalidRequestError(
-            f"{p} is not an abstractcore prompt cache file", field="path", provider="mlx"
-        )
-    if meta.get("model") != model:
-        raise InvalidRequestError(
-            f"the prompt cache file {p} was made by model {meta.get('model')!r}, "
-            f"not by the loaded model {model!r}",
-            field="path",
-            provider="mlx",
-        )
-    try:
-        tokens = [int(t) for t in json.loads(meta["tokens"])]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise InvalidRequestError(
-            f"the prompt cache file {p} has no valid token ids", field="path", provider="mlx"
-        ) from exc
-    ok = len(cache) == num_layers and all(
-        type(c) is KVCache and c.keys is not None and c.offset == len(tokens) for c in cache
-    )
-    if not ok or not tokens:
-        raise InvalidRequestError(
-            f"the prompt cache file {p} does not match the model's cache layout",
-            field="path",
-            provider="mlx",
-        )
-    return tokens, cache

@@ -26,7 +26,8 @@ from ...types import GenerateResponse, Message, StreamChunk, Timing, Usage
 from ..base import BaseProvider, Features, MessageInput
 from .cache_scheduler import CacheScheduler
 from .engine import MLXEngine
-from .requests import AsyncSink, Final, Job, ThreadSink
+from .options import EngineOptions
+from .protocol import AsyncSink, Final, Job, ThreadSink
 from .sampling import SamplingParams
 
 __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "MLXProvider"]
@@ -43,19 +44,14 @@ class MLXProvider(BaseProvider):
 
     ``MLXProvider("smollm2-135m")`` (or ``create_llm("mlx")``) loads the model before it
     returns; concurrent ``agenerate``/``generate`` calls, from tasks or threads, share one
-    batched decode. Engine options: ``max_batch_size`` (rows decoded together),
-    ``prefill_batch_size`` (prompts prefilled together), ``prefill_step_size`` (prompt tokens
-    per prefill call), ``max_queue`` (waiting requests before OverloadedError),
-    ``queue_timeout_s`` (longest wait for a batch slot), ``dtype`` (GGUF conversion dtype),
-    ``solo_decode`` (decode a request that is alone in the engine without the batch
-    machinery, handing it to the batch when another arrives; on by default), ``pad_rows``
-    (on the CPU, pad the rows of the model's dense products to the row counts the BLAS was
-    measured to run faster at load; on by default), ``fast_cpu_ops`` (on the CPU, run
-    decode attention and SwiGLU through faster formulations, cpu_ops.py; on by default).
-    Prompt cache (docs/concurrency.md): ``prompt_cache_bytes`` (one budget for every stored
-    KV cache; default min(10% of RAM, 2 GiB); 0 turns caching off), ``prefix_cache`` (share
-    prefixes between requests without a ``prompt_cache_key``), ``share_prefix_across_keys``
-    (let keyed requests share prefixes with everyone; off, since reuse is a timing signal).
+    batched decode. ``dtype`` is the GGUF conversion dtype. The engine's options are the
+    fields of :class:`~.options.EngineOptions`, given as keyword arguments
+    (``MLXProvider(max_batch_size=8, prompt_cache_bytes=0)``) or as ``options=``:
+    ``max_batch_size``, ``prefill_batch_size``, ``prefill_step_size``, ``max_queue``,
+    ``queue_timeout_s``, the prompt cache's ``prompt_cache_bytes``, ``prefix_cache`` and
+    ``share_prefix_across_keys`` (docs/concurrency.md), and the speed switches
+    ``solo_decode``, ``pad_rows``, ``fast_cpu_ops``. Other keyword arguments are generation
+    defaults (``temperature=0``...).
     """
 
     provider_name: ClassVar[str] = "mlx"
@@ -69,45 +65,14 @@ class MLXProvider(BaseProvider):
         self,
         model: str = "smollm2-135m",
         *,
-        max_batch_size: int = 32,
-        prefill_batch_size: int = 8,
-        prefill_step_size: int = 512,
-        max_queue: int = 1024,
-        queue_timeout_s: float | None = None,
         dtype: str | None = None,
-        prompt_cache_bytes: int | None = None,
-        prefix_cache: bool = True,
-        share_prefix_across_keys: bool = False,
-        solo_decode: bool = True,
-        pad_rows: bool = True,
-        fast_cpu_ops: bool = True,
-        **generation_defaults: Any,
+        options: EngineOptions | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, **generation_defaults)
-        _check_cache_options(prompt_cache_bytes, prefix_cache, share_prefix_across_keys)
-        _check_int_option("max_batch_size", max_batch_size)
-        _check_int_option("prefill_batch_size", prefill_batch_size)
-        _check_int_option("prefill_step_size", prefill_step_size)
-        _check_int_option("max_queue", max_queue)
-        flags = (("solo_decode", solo_decode), ("pad_rows", pad_rows),
-                 ("fast_cpu_ops", fast_cpu_ops))  # fmt: skip
-        for name, flag in flags:
-            if not isinstance(flag, bool):
-                raise InvalidRequestError(
-                    f"{name} must be True or False, got {flag!r}",
-                    field=name,
-                    provider=self.provider_name,
-                )
-        if queue_timeout_s is not None and (
-            isinstance(queue_timeout_s, bool)
-            or not isinstance(queue_timeout_s, (int, float))
-            or not queue_timeout_s > 0
-        ):
-            raise InvalidRequestError(
-                f"queue_timeout_s must be a number > 0 or None, got {queue_timeout_s!r}",
-                field="queue_timeout_s",
-                provider=self.provider_name,
-            )
+        engine = {k: kwargs.pop(k) for k in list(kwargs) if k in EngineOptions.model_fields}
+        super().__init__(model, **kwargs)
+        base = {} if options is None else options.model_dump()
+        options = EngineOptions.from_options({**base, **engine})
         from .loading import preload_blas, resolve_model_path
 
         path = resolve_model_path(model, dtype=dtype)
@@ -116,20 +81,7 @@ class MLXProvider(BaseProvider):
         # import it here so that stream belongs to the caller, not to the engine thread.
         import mlx_lm.generate  # noqa: F401
 
-        self._engine = MLXEngine(
-            path,
-            max_batch_size=max_batch_size,
-            prefill_batch_size=prefill_batch_size,
-            prefill_step_size=prefill_step_size,
-            max_queue=max_queue,
-            queue_timeout_s=None if queue_timeout_s is None else float(queue_timeout_s),
-            prompt_cache_bytes=prompt_cache_bytes,
-            prefix_cache=prefix_cache,
-            share_prefix_across_keys=share_prefix_across_keys,
-            solo_decode=solo_decode,
-            pad_rows=pad_rows,
-            fast_cpu_ops=fast_cpu_ops,
-        )
+        self._engine = MLXEngine(path, options)
         self._engine.start()
         self._closer = weakref.finalize(self, self._engine.close)
         self._tokenizer = self._engine.tokenizer
@@ -161,7 +113,7 @@ class MLXProvider(BaseProvider):
 
     def stats(self) -> dict[str, Any]:
         """Engine counters: active, queued, finished, cancelled, errors, tokens, steps,
-        mean_batch_size, prefill_tok_s, decode_tok_s, time_in_next_s (seconds in model steps:
+        mean_batch_size, prefill_tok_s, decode_tok_s, model_step_s (seconds in model steps:
         ``BatchGenerator.next()`` or a solo step), busy_s, wall_s, solo_requests (requests
         started alone, without the batch machinery), solo_handovers (of those, the ones
         moved into the batch when another request arrived), row_padding (row counts whose
@@ -405,13 +357,6 @@ def _message_dict(m: Message) -> dict[str, Any]:
     return d
 
 
-def _check_int_option(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(
-            f"{name} must be an integer >= 1, got {value!r}", field=name, provider="mlx"
-        )
-
-
 def _check_min_p(value: Any) -> float:
     if value is None:
         return 0.0
@@ -420,24 +365,6 @@ def _check_min_p(value: Any) -> float:
             f"min_p must be a number in [0, 1], got {value!r}", field="min_p", provider="mlx"
         )
     return float(value)
-
-
-def _check_cache_options(budget: Any, prefix: Any, share: Any) -> None:
-    if budget is not None and (
-        isinstance(budget, bool) or not isinstance(budget, int) or budget < 0
-    ):
-        raise InvalidRequestError(
-            f"prompt_cache_bytes must be an integer >= 0 or None, got {budget!r}",
-            field="prompt_cache_bytes",
-            provider="mlx",
-        )
-    for name, value in (("prefix_cache", prefix), ("share_prefix_across_keys", share)):
-        if not isinstance(value, bool):
-            raise InvalidRequestError(
-                f"{name} must be True or False, got {value!r}",
-                field=name,
-                provider="mlx",
-            )
 
 
 def _check_cache_key(key: Any) -> None:
@@ -450,5 +377,6 @@ def _check_cache_key(key: Any) -> None:
 
 
 def _scheduler(engine: MLXEngine) -> CacheScheduler:
-    assert engine.prompt_cache is not None, "the engine builds it with the model"
-    return engine.prompt_cache
+    cache = engine.cache_scheduler
+    assert cache is not None, "the engine builds it with the model"
+    return cache

@@ -39,7 +39,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECALIBRATE_ENV", "RowPadding", "apply", "calibrate", "padded_modules", "remove"]
+__all__ = [
+    "RECALIBRATE_ENV",
+    "PaddingSwitch",
+    "RowPadding",
+    "apply",
+    "calibrate",
+    "padded_modules",
+    "remove",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,8 @@ _DISK_FORMAT = 1
 MARGIN = 0.95
 #: Timing repeats per (shape, row count); the minimum is kept (robust to interference).
 REPEATS = 3
-#: Seconds calibration may spend timing products (about 1.8 s for SmolLM2-135M here).
+#: Seconds calibration may spend timing products (SmolLM2-135M's whole calibration took
+#: 4.8 s on the 2-core machine, most of it inside this budget).
 BUDGET_S = 4.0
 
 _cache: dict[
@@ -330,13 +339,16 @@ def _padded_class(base: Any) -> Any:
 def apply(model: Any, table: RowPadding) -> int:
     """Make the model's dense layers pad their rows per ``table``; returns how many.
 
-    Each module's class is swapped for a subclass that pads: its weights, their names and
-    the parameter tree stay exactly as they are (nothing is copied or re-initialised).
+    Each module's class is swapped (compat.py) for a subclass that pads: its weights, their
+    names and the parameter tree stay exactly as they are (nothing is copied or
+    re-initialised).
     """
+    from .compat import swap_layer_class
+
     mods = padded_modules(model)
     for mod in mods:
         if type(mod) not in _padded_classes.values():
-            mod.__class__ = _padded_class(type(mod))
+            swap_layer_class(mod, _padded_class(type(mod)))
         mod.row_padding = table  # not an array: a plain attribute, outside the parameters
     return len(mods)
 
@@ -344,8 +356,32 @@ def apply(model: Any, table: RowPadding) -> int:
 def remove(model: Any) -> int:
     """Undo :func:`apply`: the layers get their own classes back (and no padding overhead:
     the engine's lone request, whose single row is never padded, runs them plain)."""
+    from .compat import restore_layer_class
+
     plain = {padded: base for base, padded in _padded_classes.items()}
     mods = [m for _, m in model.named_modules() if type(m) in plain]
     for mod in mods:
-        mod.__class__ = plain[type(mod)]
+        restore_layer_class(mod, plain[type(mod)])
     return len(mods)
+
+
+class PaddingSwitch:
+    """Whether the model's layers pad right now: batch steps run them padded, a solo step
+    plain (a single row is never padded, and the padding layer's Python costs ~1.5 ms per
+    step)."""
+
+    def __init__(self, model: Any, table: RowPadding | None) -> None:
+        self._model = model
+        self.table = table
+        self.on = False
+        self.use(table is not None)
+
+    def use(self, on: bool) -> None:
+        """Pad (``on``) or run the plain layers, swapping only when that changes."""
+        if self.table is None or on is self.on:
+            return
+        if on:
+            apply(self._model, self.table)
+        else:
+            remove(self._model)
+        self.on = on

@@ -9,15 +9,23 @@ forward pass is queued before the current token is read), and the engine hands i
 the BatchGenerator -- remaining prompt, KV cache, the tokens it covers, its sampler -- as soon
 as another request arrives. Nothing is recomputed at the handover.
 
+:class:`SoloLane` is that lifecycle as the engine sees it: start a request, step it, end
+it (its KV cache goes to the prompt cache), or hand it over to the :class:`~.batch.Batch`.
 Everything here runs on the engine thread, inside its MLX stream.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-__all__ = ["Handover", "SoloDecode"]
+if TYPE_CHECKING:
+    from .batch import Batch
+    from .request_state import RequestState
+
+__all__ = ["Handover", "SoloDecode", "SoloLane", "SoloStep"]
 
 #: Release MLX's buffer cache every this many tokens, as ``generate_step`` does.
 _CLEAR_CACHE_EVERY = 256
@@ -63,11 +71,6 @@ class SoloDecode:
         self._todo = list(prompt[cached:])  # prompt tokens not yet fed to the model
         self._next: Any = None  # the next token, sampled lazily by a queued forward pass
         self._unfed: int | None = None  # the last token read, when it was not fed back
-
-    @property
-    def prefilling(self) -> bool:
-        """True while whole prompt chunks remain (``step()`` then returns None)."""
-        return len(self._todo) > 1
 
     @property
     def pending(self) -> bool:
@@ -143,3 +146,99 @@ class SoloDecode:
         y = self.sampler(logprobs)
         mx.async_eval(y)  # type: ignore[no-untyped-call]
         return y
+
+
+@dataclass(frozen=True, slots=True)
+class SoloStep:
+    """What one solo step did: the token (None after a prefill chunk), why the request ended
+    with it (None: it goes on), and how many prompt tokens it prefilled."""
+
+    token: int | None
+    finish: str | None
+    prefilled: int
+
+
+class SoloLane:
+    """At most one request decoded alone; the engine routes its tokens like a batch row's."""
+
+    def __init__(self, model: Any, stream: Any, prefill_step_size: int, eos: frozenset[int]):
+        self._model = model
+        self._stream = stream
+        self._prefill_step_size = prefill_step_size
+        self._eos = eos
+        self._uids = itertools.count(-1, -1)  # never collide with BatchGenerator's uids
+        self.decode: SoloDecode | None = None
+        self.state: RequestState | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while a request runs here."""
+        return self.decode is not None
+
+    def start(
+        self,
+        state: RequestState,
+        sampler: Callable[[Any], Any],
+        cache: list[Any] | None,
+        cached: int,
+    ) -> int:
+        """Begin ``state`` (from ``cache`` covering its first ``cached`` tokens); its uid."""
+        job = state.job
+        self.decode = SoloDecode(
+            self._model,
+            job.prompt_tokens,
+            stream=self._stream,
+            sampler=sampler,
+            max_tokens=job.max_tokens,
+            prefill_step_size=self._prefill_step_size,
+            cache=cache,
+            cached=cached,
+        )
+        self.state = state
+        return next(self._uids)
+
+    def step(self, *, queue_next: bool = True) -> SoloStep:
+        """One prefill chunk or one token, with BatchGenerator's end rules: EOS ends with
+        "stop" (even on the last allowed token), the last allowed token with "length"."""
+        decode = self.decode
+        assert decode is not None
+        before = decode.prompt_done
+        token = decode.step(queue_next=queue_next)
+        prefilled = decode.prompt_done - before
+        if token is None:
+            return SoloStep(None, None, prefilled)
+        finish = "stop" if token in self._eos else None
+        if finish is None and decode.generated >= decode.max_tokens:
+            finish = "length"
+        return SoloStep(token, finish, prefilled)
+
+    def end(self) -> tuple[RequestState | None, list[int], list[Any]]:
+        """Stop the lane: (its request, the tokens its KV cache covers, that cache)."""
+        decode, state = self.decode, self.state
+        self.decode = self.state = None
+        if decode is None:
+            return None, [], []
+        return state, decode.tokens, decode.cache
+
+    def hand_over(self, batch: Batch) -> tuple[int, int]:
+        """Move the request into ``batch``, which continues it exactly: (its new uid, the
+        tokens its KV cache holds). A token in flight must be read first
+        (``step(queue_next=False)``); if the insert raises, the request stays here."""
+        from .batch import Insert
+
+        decode = self.decode
+        assert decode is not None
+        h = decode.handover()
+        (uid,) = batch.insert(
+            [
+                Insert(
+                    prompt=h.prompt,
+                    max_tokens=h.max_tokens,
+                    sampler=decode.sampler,
+                    cache=h.cache,
+                    cached_tokens=None if h.cache is None else h.tokens,
+                )
+            ]
+        )
+        self.decode = self.state = None
+        return uid, len(h.tokens)

@@ -15,7 +15,7 @@ from abstractcore.errors import (
     ProviderAPIError,
     ProviderUnavailableError,
 )
-from abstractcore.providers.mlx.requests import StopMatcher
+from abstractcore.providers.mlx.stop_strings import StopMatcher
 
 LONG = "Write a very long story about a lighthouse keeper."
 
@@ -101,18 +101,20 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
         raise RuntimeError("injected step failure")
 
     def break_next_step(engine: Any) -> None:
+        core = engine.core
         if path == "batch":
             engine.solo_decode = False  # a lone request then goes through the generator
-            engine._gen.next = boom  # the engine replaces the generator after a failed step
+            core.batch.generator.next = boom  # the core rebuilds it after a failed step
             return
-        original = engine._start_solo
+        original = core.solo.start
 
-        def start_solo(state: Any, now: float) -> None:
-            original(state, now)
-            engine._solo.step = boom
-            engine._start_solo = original
+        def start_solo(*args: Any) -> int:
+            uid = original(*args)
+            core.solo.decode.step = boom
+            core.solo.start = original
+            return uid
 
-        engine._start_solo = start_solo
+        core.solo.start = start_solo
 
     mlx_llm.engine.call(break_next_step)
     try:
@@ -131,15 +133,16 @@ def test_a_failing_request_fails_alone(mlx_llm: Any, prompts: list[str]) -> None
     from concurrent.futures import ThreadPoolExecutor
 
     def break_one_detokenizer(engine: Any) -> None:
-        original = engine._register
+        output = engine.core.output
+        original = output.start
 
-        def register(state: Any, uid: int, now: float) -> None:
-            original(state, uid, now)
+        def start(state: Any, detokenizer: Any) -> None:
+            original(state, detokenizer)
             if state.job.max_tokens == 7:
                 state.detokenizer = None  # add_token will raise for this request only
-                engine._register = original
+                output.start = original
 
-        engine._register = register
+        output.start = start
 
     mlx_llm.engine.call(break_one_detokenizer)
     with ThreadPoolExecutor(4) as pool:
@@ -161,10 +164,10 @@ def test_engine_thread_death_fails_pending_and_future_requests(
     with MLXProvider(str(embedded_model_dir)) as llm:
 
         def kill_loop(engine: Any) -> None:
-            def admit(now: float) -> None:
+            def step(now: float) -> None:
                 raise RuntimeError("injected engine crash")
 
-            engine._admit = admit
+            engine.core.step = step
 
         llm.engine.call(kill_loop)
         with pytest.raises(ProviderAPIError, match="engine thread died"):
@@ -229,7 +232,7 @@ def test_prompt_cache_seam_returns_caches_and_a_reused_cache_keeps_the_output(
 def test_a_whole_answer_arrives_as_one_item_and_a_stream_piece_by_piece(
     mlx_llm: Any, reference: Any
 ) -> None:
-    from abstractcore.providers.mlx.requests import Final, Job, ThreadSink
+    from abstractcore.providers.mlx.protocol import Final, Job, ThreadSink
 
     ids = mlx_llm.tokenize("Name three colours.")
     items: dict[bool, list[Any]] = {}

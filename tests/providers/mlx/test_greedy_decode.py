@@ -1,11 +1,11 @@
-"""greedy_decode.py on the real embedded model: all-greedy steps skip the log-probabilities
-and give mlx-lm's tokens; any other batch runs mlx-lm's own step."""
+"""compat.py's greedy step on the real embedded model: all-greedy steps skip the
+log-probabilities and give mlx-lm's tokens; any other batch runs mlx-lm's own step."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from abstractcore.providers.mlx import greedy_decode
+from abstractcore.providers.mlx import compat
 
 
 def _run(reference: Any, prompts: list[str], samplers: list[Any], *, install: bool) -> Any:
@@ -20,8 +20,8 @@ def _run(reference: Any, prompts: list[str], samplers: list[Any], *, install: bo
         prefill_batch_size=8,
     )
     if install:
-        greedy_decode.install(gen)
-        assert type(gen._generation_batch) is greedy_decode.GreedyGenerationBatch
+        assert compat.install_greedy_step(gen)
+        assert type(gen._generation_batch).__name__ == "GreedyGenerationBatch"
     tokens = [tok.apply_chat_template([{"role": "user", "content": p}],
                                       add_generation_prompt=True) for p in prompts]  # fmt: skip
     uids = gen.insert(tokens, max_tokens=[12] * len(prompts), samplers=samplers)
@@ -89,5 +89,5 @@ def test_install_leaves_a_replaced_generation_batch_alone() -> None:
         _generation_batch = Other()
 
     gen = Generator()
-    greedy_decode.install(gen)
+    assert not compat.install_greedy_step(gen)
     assert type(gen._generation_batch) is Other

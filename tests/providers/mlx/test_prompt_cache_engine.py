@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from abstractcore.errors import InvalidRequestError
-from abstractcore.providers.mlx.prompt_cache import common_prefix_length, save_cache_file
+from abstractcore.providers.mlx.prompt_cache_files import save_cache_file
+from abstractcore.providers.mlx.token_prefix import common_prefix_length
 
 MAX_TOKENS = 12
 SYSTEM = (
@@ -173,12 +174,12 @@ def test_wave_without_key_prefills_the_shared_prompt_once(llm: Any, reference: A
     shared = min(common_prefix_length(prompts[0], p) for p in prompts[1:])
     assert shared > 100
     before = llm.engine.counters.prefill_tokens
-    forks = llm.engine.prompt_cache.forks
+    forks = llm.engine.cache_scheduler.forks
     coros = [llm.agenerate(messages=m, max_output_tokens=MAX_TOKENS) for m in wave]
     results = asyncio.run(submitted_together(llm.engine, coros))
     prefilled = llm.engine.counters.prefill_tokens - before
     assert [r.content for r in results] == [reference.greedy(p, MAX_TOKENS) for p in prompts]
-    assert llm.engine.prompt_cache.forks == forks + 1
+    assert llm.engine.cache_scheduler.forks == forks + 1
     assert sorted(r.usage.cached_tokens >= shared for r in results) == [False] + [True] * 5
     total = sum(len(p) for p in prompts)
     assert prefilled <= total - 5 * shared  # the shared part once, not 6 times
@@ -239,7 +240,7 @@ def test_eviction_never_touches_a_running_request(small_llm: Any, reference: Any
     seen: dict[str, Any] = {}
 
     def probe(engine: Any) -> None:
-        sched = engine.prompt_cache
+        sched = engine.cache_scheduler
         pinned = [lease.hit.node for lease in sched._leases.values() if lease.hit is not None]
         seen["pinned_attached"] = [n is not None and n in sched.store._nodes for n in pinned]
         seen["evictions"] = sched.store.evictions

@@ -235,7 +235,7 @@ def test_stats_report_engine_counters(mlx_llm: Any) -> None:
     for key in (
         "active", "queued", "finished", "cancelled", "errors", "prompt_tokens",
         "generated_tokens", "steps", "mean_batch_size", "prefill_tok_s", "decode_tok_s",
-        "time_in_next_s", "wall_s", "solo_requests", "solo_handovers",
+        "model_step_s", "wall_s", "solo_requests", "solo_handovers",
     ):  # fmt: skip
         assert key in stats
     assert stats["finished"] > 0 and stats["decode_tok_s"] > 0

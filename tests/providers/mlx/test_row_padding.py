@@ -201,9 +201,10 @@ async def test_greedy_batches_of_every_size_are_unchanged_by_padding(
 
     def use(table: RowPadding | None) -> Any:
         def swap(engine: Any) -> RowPadding | None:
-            old, engine.row_padding = engine.row_padding, table
-            engine._padded = False
-            row_padding.remove(engine._model)  # the next batch step applies ``table``
+            padding = engine.core.setup.padding
+            old = padding.table
+            padding.use(False)  # the next batch step applies ``table``
+            padding.table = table
             return old
 
         return swap
@@ -214,7 +215,8 @@ async def test_greedy_batches_of_every_size_are_unchanged_by_padding(
         results = await asyncio.gather(*(mlx_llm.agenerate(t, max_output_tokens=12) for t in texts))
         for text, r in zip(texts, results):
             assert r.content == reference.greedy(mlx_llm.tokenize(text), 12)
-        assert await asyncio.to_thread(mlx_llm.engine.call, lambda e: e._padded)
+        padded = await asyncio.to_thread(mlx_llm.engine.call, lambda e: e.core.setup.padding.on)
+        assert padded
     finally:
         mlx_llm.engine.call(use(old))
 
@@ -223,4 +225,4 @@ async def test_greedy_batches_of_every_size_are_unchanged_by_padding(
 def test_the_engine_reports_its_row_padding(mlx_llm: Any) -> None:
     padded = mlx_llm.stats()["row_padding"]
     assert isinstance(padded, dict)
-    assert all(1 < m < p <= mlx_llm.engine.max_batch_size + 15 for m, p in padded.items())
+    assert all(1 < m < p <= mlx_llm.engine.options.max_batch_size + 15 for m, p in padded.items())

@@ -39,12 +39,12 @@ def _prefilled_cache(model: Any, tokens: list[int]) -> list[Any]:
     return cache
 
 
-def _run_until(solo: Any, at: str, out: list[int]) -> None:
+def _run_until(solo: Any, at: str, out: list[int], prompt_len: int) -> None:
     """Step ``solo`` to the phase named ``at`` (tokens it returns go to ``out``)."""
     done = {
         "start": lambda: True,
         "mid-prefill": lambda: solo.prompt_done > 0 or steps >= 2,
-        "last-prompt-token": lambda: not solo.prefilling,
+        "last-prompt-token": lambda: solo.prompt_done >= prompt_len - 1,  # only it is left
         "first-token": lambda: len(out) == 1,
         "mid-decode": lambda: len(out) == 5,
         "never": lambda: len(out) == N,
@@ -79,7 +79,7 @@ def test_solo_decode_and_its_handover_give_the_greedy_tokens(
         cached=cached,
     )  # fmt: skip
     out: list[int] = []
-    _run_until(solo, at, out)
+    _run_until(solo, at, out, len(prompt))
     assert solo.cache[0].offset == len(solo.tokens)  # the cache covers exactly its tokens
     if at == "never":
         assert out == expected
@@ -144,7 +144,8 @@ def test_a_lone_request_runs_solo_and_equals_mlx_lm(
     assert _delta(before, after, "prompt_tokens") == r.usage.prompt_tokens
     assert after["prefill_tok_s"] > 0 and after["decode_tok_s"] > 0
     assert r.content == reference.greedy(mlx_llm.tokenize(LONG), N)
-    assert not mlx_llm.engine.call(lambda e: e._padded)  # a lone row runs the plain layers
+    # a lone row runs the plain layers
+    assert not mlx_llm.engine.call(lambda e: e.core.setup.padding.on)
     assert_engine_empty(mlx_llm)
 
 

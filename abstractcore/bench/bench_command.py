@@ -16,17 +16,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import AbstractCoreError, ConfigurationError
-from .config import (
-    DEFAULT_OUT_DIR,
-    ENGINE,
-    ENGINE_STREAM,
-    INTERLEAVED,
-    MLX_LM_SERVER,
-    ORDERS,
-    SERIAL,
-    BenchConfig,
-    GenParams,
-)
 from .progress import make_progress
 from .prompts import default_prompts_file, load_prompts
 from .report import (
@@ -40,6 +29,17 @@ from .report import (
 )
 from .runner import SweepResult, run_sweep
 from .scenarios import Query, get_scenario, plan_levels, scenario_names
+from .sweep_config import (
+    DEFAULT_OUT_DIR,
+    ENGINE,
+    ENGINE_STREAM,
+    INTERLEAVED,
+    MLX_LM_SERVER,
+    ORDERS,
+    SERIAL,
+    BenchConfig,
+    GenParams,
+)
 from .systems import System, build_system
 
 __all__ = [

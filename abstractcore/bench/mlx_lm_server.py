@@ -19,10 +19,11 @@ from .threads import MLXThreads
 
 __all__ = ["MLXLMServer", "free_port"]
 
-# Same BLAS as our engine (design.md section 6), then mlx-lm's own CLI entry point. On Linux
-# the child first asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG = 1), so
-# a benchmark killed with SIGKILL, which runs no cleanup, does not leave the server running;
-# the parent-pid check closes the race where the parent died before the prctl call.
+# Same BLAS as our engine (docs/architecture.md, "The machine under it"), then mlx-lm's own
+# CLI entry point. On Linux the child first asks the kernel for SIGTERM when its parent dies
+# (PR_SET_PDEATHSIG = 1), so a benchmark killed with SIGKILL, which runs no cleanup, does not
+# leave the server running; the parent-pid check closes the race where the parent died
+# before the prctl call.
 _BOOT = (
     "import os, sys\n"
     "if sys.platform.startswith('linux'):\n"
