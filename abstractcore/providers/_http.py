@@ -137,12 +137,14 @@ class WireFormat(Protocol):
         """The JSON body for one request."""
         ...
 
-    def parse_response(self, payload: dict[str, Any]) -> GenerateResponse:
-        """Map a complete (non-streamed) JSON response."""
+    def parse_response(
+        self, payload: dict[str, Any], request: GenerationRequest
+    ) -> GenerateResponse:
+        """Map a complete (non-streamed) JSON response to ``request``."""
         ...
 
-    def stream_parser(self) -> StreamParser:
-        """A fresh parser for one streamed response."""
+    def stream_parser(self, request: GenerationRequest) -> StreamParser:
+        """A fresh parser for the streamed response to ``request``."""
         ...
 
     def error_info(self, body: Any) -> ErrorInfo:

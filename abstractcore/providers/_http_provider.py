@@ -51,8 +51,8 @@ class _StreamTimer:
 
     def stamp(self, chunk: StreamChunk) -> StreamChunk:
         now = time.perf_counter()
-        if chunk.content and self.first is None:
-            self.first = now
+        if (chunk.content or chunk.tool_call_deltas) and self.first is None:
+            self.first = now  # the first output: text, or a tool call's first piece
         if chunk.finish_reason is None:
             return chunk
         ttft = None if self.first is None else self.first - self.start
@@ -147,7 +147,7 @@ class HTTPProvider(BaseProvider):
         timeout = self._request_timeout(request)
         start = time.perf_counter()
         raw = self._attempts().run(lambda: self._post(body, timeout))
-        return self._finish_response(raw, start)
+        return self._finish_response(raw, start, request)
 
     def _post(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
         client = self._sync_client()
@@ -168,15 +168,17 @@ class HTTPProvider(BaseProvider):
         timeout = self._request_timeout(request)
         timer = _StreamTimer()
         # closing(): a consumer that stops early releases the connection right away.
-        with closing(self._attempts().stream(lambda: self._stream_once(body, timeout))) as chunks:
+        with closing(
+            self._attempts().stream(lambda: self._stream_once(body, timeout, request))
+        ) as chunks:
             for chunk in chunks:
                 yield timer.stamp(chunk)
 
     def _stream_once(
-        self, body: dict[str, Any], timeout: httpx.Timeout
+        self, body: dict[str, Any], timeout: httpx.Timeout, request: GenerationRequest
     ) -> Generator[StreamChunk, None, None]:
         client = self._sync_client()
-        parser = self._wire.stream_parser()
+        parser = self._wire.stream_parser(request)
         with (
             translate_errors(self.provider_name, receiving=False),
             client.stream("POST", self._wire.path, json=body, timeout=timeout) as response,
@@ -208,7 +210,7 @@ class HTTPProvider(BaseProvider):
         timeout = self._request_timeout(request)
         start = time.perf_counter()
         raw = await self._attempts().arun(lambda: self._apost(body, timeout))
-        return self._finish_response(raw, start)
+        return self._finish_response(raw, start, request)
 
     async def _apost(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
         client = self._async_client()
@@ -229,15 +231,17 @@ class HTTPProvider(BaseProvider):
         timeout = self._request_timeout(request)
         timer = _StreamTimer()
         attempts = self._attempts()
-        async with aclosing(attempts.astream(lambda: self._astream_once(body, timeout))) as chunks:
+        async with aclosing(
+            attempts.astream(lambda: self._astream_once(body, timeout, request))
+        ) as chunks:
             async for chunk in chunks:
                 yield timer.stamp(chunk)
 
     async def _astream_once(
-        self, body: dict[str, Any], timeout: httpx.Timeout
+        self, body: dict[str, Any], timeout: httpx.Timeout, request: GenerationRequest
     ) -> AsyncGenerator[StreamChunk, None]:
         client = self._async_client()
-        parser = self._wire.stream_parser()
+        parser = self._wire.stream_parser(request)
         with translate_errors(self.provider_name, receiving=False):
             async with client.stream(
                 "POST", self._wire.path, json=body, timeout=timeout
@@ -277,10 +281,12 @@ class HTTPProvider(BaseProvider):
             provider=self.provider_name,
         )
 
-    def _finish_response(self, raw: bytes, start: float) -> GenerateResponse:
+    def _finish_response(
+        self, raw: bytes, start: float, request: GenerationRequest
+    ) -> GenerateResponse:
         payload = json_object(raw, self.provider_name, "response body")
         with malformed_guard(self.provider_name, "response body"):
-            result = self._wire.parse_response(payload)
+            result = self._wire.parse_response(payload, request)
         timing = result.timing.model_copy(update={"total_s": time.perf_counter() - start})
         return result.model_copy(update={"timing": timing})
 

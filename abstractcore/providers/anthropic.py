@@ -1,7 +1,8 @@
 """Anthropic Messages API (``POST /v1/messages``, SSE streaming).
 
 :class:`AnthropicWire` is the wire format, written once; :class:`AnthropicProvider` resolves
-its settings and hands the wire to the shared HTTP shell.
+its settings and hands the wire to the shared HTTP shell. Tools, tool results and structured
+output (a forced tool call) are mapped in :mod:`.anthropic_tools`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import httpx
 
 from ..errors import ConfigurationError, ProviderAPIError
 from ..request import GenerationRequest
-from ..types import FinishReason, GenerateResponse, Message, StreamChunk, Usage
+from ..types import FinishReason, GenerateResponse, StreamChunk, ToolCallDelta, Usage
 from ._http import (
     ErrorInfo,
     StreamFormat,
@@ -23,6 +24,16 @@ from ._http import (
     json_object,
 )
 from ._http_provider import HTTPProvider
+from .anthropic_tools import (
+    ForcedToolStream,
+    ToolBlocks,
+    answer_from_forced_tool,
+    check_request,
+    forced_finish,
+    messages_json,
+    tool_call_of,
+    tool_fields,
+)
 from .features import Features
 
 __all__ = ["ANTHROPIC_VERSION", "DEFAULT_MAX_TOKENS", "AnthropicProvider", "AnthropicWire"]
@@ -75,7 +86,7 @@ class AnthropicWire:
         system = [m.content for m in request.messages if m.role == "system"]
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [_message(m) for m in request.messages if m.role != "system"],
+            "messages": messages_json(request.messages),
             "max_tokens": request.max_output_tokens or DEFAULT_MAX_TOKENS,
             "stream": stream,
         }
@@ -88,11 +99,15 @@ class AnthropicWire:
             "stop_sequences": request.stop or None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        body.update(tool_fields(request, self.provider))
         body.update(request.extra.get("extra_body") or {})
         return body
 
-    def parse_response(self, payload: dict[str, Any]) -> GenerateResponse:
-        """Map a ``message`` object: text blocks joined, stop_reason, usage."""
+    def parse_response(
+        self, payload: dict[str, Any], request: GenerationRequest
+    ) -> GenerateResponse:
+        """Map a ``message`` object: text blocks joined, tool_use blocks, stop_reason, usage
+        (for structured output, the forced tool's input is the content)."""
         if payload.get("type") == "error":
             raise error_from_info(self.provider, self.error_info(payload), body=payload)
         blocks = payload["content"]
@@ -101,18 +116,22 @@ class AnthropicWire:
         text = "".join(b["text"] for b in blocks if b.get("type") == "text")
         if "stop_reason" not in payload:
             raise KeyError("stop_reason")
-        return GenerateResponse(
+        response = GenerateResponse(
             content=text,
             finish_reason=_finish(payload["stop_reason"]),
             usage=_usage(payload.get("usage")),
             model=payload.get("model") or self.model,
             provider=self.provider,
+            tool_calls=[tool_call_of(b) for b in blocks if b.get("type") == "tool_use"],
             raw=payload,
         )
+        fmt = request.response_format
+        return response if fmt is None else answer_from_forced_tool(fmt, response)
 
-    def stream_parser(self) -> StreamParser:
+    def stream_parser(self, request: GenerationRequest) -> StreamParser:
         """A parser for one Messages event stream."""
-        return _AnthropicStream(self)
+        fmt = request.response_format
+        return _AnthropicStream(self, None if fmt is None else ForcedToolStream(fmt))
 
     def error_info(self, body: Any) -> ErrorInfo:
         """``{"type": "error", "error": {"type", "message"}}``."""
@@ -135,11 +154,13 @@ class AnthropicWire:
 class _AnthropicStream:
     """message_start / content_block_delta / message_delta / message_stop / error events."""
 
-    def __init__(self, wire: AnthropicWire) -> None:
+    def __init__(self, wire: AnthropicWire, forced: ForcedToolStream | None) -> None:
         self._wire = wire
+        self._forced = forced  # structured output: the forced tool's input is the content
         self._model = wire.model
         self._finish: FinishReason | None = None
         self._usage: dict[str, Any] = {}
+        self._tools = ToolBlocks()
         self._done = False
 
     @property
@@ -158,9 +179,15 @@ class _AnthropicStream:
             message = payload["message"]
             self._model = message.get("model") or self._model
             self._usage.update(message.get("usage") or {})
+        elif kind == "content_block_start":
+            return self._calls(self._tools.start(payload), payload)
+        elif kind == "content_block_stop":
+            return self._calls(self._tools.stop(payload), payload)
         elif kind == "content_block_delta":
             delta = payload["delta"]
-            if delta.get("type") == "text_delta" and delta["text"]:
+            if delta.get("type") == "input_json_delta":
+                return self._calls(self._tools.delta(payload), payload)
+            if delta.get("type") == "text_delta" and delta["text"] and self._forced is None:
                 text = delta["text"]
                 if not isinstance(text, str):
                     raise TypeError("delta.text is not a string")
@@ -176,7 +203,20 @@ class _AnthropicStream:
             )
         elif kind == "message_stop":
             return [self._final()]
-        return []  # ping, content_block_start/stop and future event types
+        return []  # ping, and future event types
+
+    def _calls(self, deltas: list[ToolCallDelta], payload: dict[str, Any]) -> list[StreamChunk]:
+        provider = self._wire.provider
+        if self._forced is not None:
+            text = self._forced.text(deltas)
+            if not text:
+                return []
+            return [StreamChunk(content=text, model=self._model, provider=provider, raw=payload)]
+        if not deltas:
+            return []
+        return [
+            StreamChunk(tool_call_deltas=deltas, model=self._model, provider=provider, raw=payload)
+        ]
 
     def _final(self) -> StreamChunk:
         self._done = True
@@ -185,19 +225,13 @@ class _AnthropicStream:
                 f"{self._wire.provider}: message_stop without a stop_reason",
                 provider=self._wire.provider,
             )
+        finish = self._finish if self._forced is None else forced_finish(self._finish)
         return StreamChunk(
-            finish_reason=self._finish,
+            finish_reason=finish,
             usage=_usage(self._usage),
             model=self._model,
             provider=self._wire.provider,
         )
-
-
-def _message(m: Message) -> dict[str, Any]:
-    if m.role == "tool":
-        block = {"type": "tool_result", "tool_use_id": m.tool_call_id or "", "content": m.content}
-        return {"role": "user", "content": [block]}
-    return {"role": m.role, "content": m.content}
 
 
 def _finish(value: Any) -> FinishReason:
@@ -254,3 +288,10 @@ class AnthropicProvider(HTTPProvider):
             **defaults,
         )
         self._wire = AnthropicWire(model, self.provider_name, key)
+
+    def build_request(self, prompt: str | None = None, **kwargs: Any) -> GenerationRequest:
+        """As for every provider, plus the limits of structured output through a forced tool
+        (refused at the call, before any I/O, for streams too)."""
+        request = super().build_request(prompt, **kwargs)
+        check_request(request, self.provider_name)
+        return request

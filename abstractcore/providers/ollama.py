@@ -1,7 +1,9 @@
 """Ollama's native chat API (``POST /api/chat``, NDJSON streaming, sampling in ``options``).
 
 :class:`OllamaWire` is the wire format, written once; :class:`OllamaProvider` resolves its
-settings and hands the wire to the shared HTTP shell.
+settings and hands the wire to the shared HTTP shell. Tools are OpenAI-shaped but their
+arguments are JSON objects, never text, and a streamed call arrives whole in one line;
+structured output is ``format`` (``"json"`` or a schema); logprobs are top-level fields.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from ..types import (
     Message,
     StreamChunk,
     Timing,
+    TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from ._http import (
@@ -30,6 +35,10 @@ from ._http import (
 )
 from ._http_provider import HTTPProvider
 from .features import Features
+
+# Ollama's message.tool_calls have OpenAI's shape (arguments as an object, ids optional),
+# which the Chat Completions reader accepts as it accepts them from compatible servers.
+from .openai_tools import tool_calls_of
 
 __all__ = ["OLLAMA_BASE_URL", "OllamaProvider", "OllamaWire"]
 
@@ -71,29 +80,54 @@ class OllamaWire:
         chosen = {k: v for k, v in options.items() if v is not None}
         if chosen:
             body["options"] = chosen
+        # The API has no tool_choice: "none" is honoured by not offering the tools at all.
+        if request.tools and request.tool_choice != "none":
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
+        fmt = request.response_format
+        if fmt is not None:
+            body["format"] = "json" if fmt.kind == "json_object" else fmt.json_schema
+        if request.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.top_logprobs or 0
         body.update(request.extra.get("extra_body") or {})
         return body
 
-    def parse_response(self, payload: dict[str, Any]) -> GenerateResponse:
+    def parse_response(
+        self, payload: dict[str, Any], request: GenerationRequest
+    ) -> GenerateResponse:
         """Map the single ``done: true`` object of a non-streamed reply."""
         if "error" in payload:
             raise error_from_info(self.provider, self.error_info(payload), body=payload)
         if payload.get("done") is not True:
             raise ValueError("reply is not marked done")
-        content = payload["message"]["content"]
+        message = payload["message"]
+        content = message["content"]
         if not isinstance(content, str):
             raise TypeError("message.content is not a string")
+        calls = tool_calls_of(message.get("tool_calls"))
         return GenerateResponse(
             content=content,
-            finish_reason=_finish(payload.get("done_reason")),
+            finish_reason=_finish(payload.get("done_reason"), bool(calls)),
             usage=_usage(payload),
             timing=_timing(payload),
             model=payload.get("model") or self.model,
             provider=self.provider,
+            tool_calls=calls,
+            logprobs=_logprobs(payload.get("logprobs")),
             raw=payload,
         )
 
-    def stream_parser(self) -> StreamParser:
+    def stream_parser(self, request: GenerationRequest) -> StreamParser:
         """A parser for one NDJSON reply."""
         return _OllamaStream(self)
 
@@ -110,6 +144,7 @@ class _OllamaStream:
 
     def __init__(self, wire: OllamaWire) -> None:
         self._wire = wire
+        self._calls = 0  # calls seen so far: the next one's index
         self._done = False
 
     @property
@@ -125,16 +160,28 @@ class _OllamaStream:
             raise error_from_info(provider, self._wire.error_info(payload), body=payload)
         model = payload.get("model") or self._wire.model
         out: list[StreamChunk] = []
-        text = (payload.get("message") or {}).get("content")
-        if text:
-            if not isinstance(text, str):
-                raise TypeError("message.content is not a string")
-            out.append(StreamChunk(content=text, model=model, provider=provider, raw=payload))
+        message = payload.get("message") or {}
+        text = message.get("content")
+        if text is not None and not isinstance(text, str):
+            raise TypeError("message.content is not a string")
+        deltas = self._deltas(tool_calls_of(message.get("tool_calls")))
+        logprobs = _logprobs(payload.get("logprobs"))
+        if text or deltas or logprobs:
+            out.append(
+                StreamChunk(
+                    content=text or "",
+                    tool_call_deltas=deltas,
+                    logprobs=logprobs,
+                    model=model,
+                    provider=provider,
+                    raw=payload,
+                )
+            )
         if payload.get("done") is True:
             self._done = True
             out.append(
                 StreamChunk(
-                    finish_reason=_finish(payload.get("done_reason")),
+                    finish_reason=_finish(payload.get("done_reason"), self._calls > 0),
                     usage=_usage(payload),
                     timing=_timing(payload),
                     model=model,
@@ -143,16 +190,43 @@ class _OllamaStream:
             )
         return out
 
+    def _deltas(self, calls: list[ToolCall]) -> list[ToolCallDelta]:
+        # Each call comes whole: one delta with its id, name and all of its arguments.
+        out = []
+        for call in calls:
+            out.append(
+                ToolCallDelta(
+                    index=self._calls, id=call.id, name=call.name, arguments=call.raw_arguments
+                )
+            )
+            self._calls += 1
+        return out
+
 
 def _message(m: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.name is not None and m.role == "tool":
-        out["tool_name"] = m.name
+        out["tool_name"] = m.name  # Ollama matches a result to its call by the tool's name
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls
+        ]
     return out
 
 
-def _finish(value: Any) -> FinishReason:
-    return _FINISH.get(str(value), "stop")
+def _logprobs(raw: Any) -> list[TokenLogprob] | None:
+    """Top-level ``logprobs``: ``[{token, logprob, bytes, top_logprobs}]`` (OpenAI's entries)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise TypeError("logprobs is not a list")
+    return [TokenLogprob.model_validate(entry) for entry in raw]
+
+
+def _finish(value: Any, called_tools: bool = False) -> FinishReason:
+    reason = _FINISH.get(str(value), "stop")
+    # Ollama ends a turn that called tools with done_reason "stop"; callers expect tool_calls.
+    return "tool_calls" if called_tools and reason == "stop" else reason
 
 
 def _usage(payload: dict[str, Any]) -> Usage:

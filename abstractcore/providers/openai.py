@@ -1,7 +1,8 @@
 """OpenAI Chat Completions, and every server that speaks it (LM Studio, vLLM, llama.cpp, mlx-lm).
 
 :class:`OpenAIWire` is the wire format, written once; the provider classes only resolve their
-settings (base URL, API key) and hand the wire to the shared HTTP shell.
+settings (base URL, API key) and hand the wire to the shared HTTP shell. Tools, structured
+output and logprobs are mapped in :mod:`.openai_tools`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import httpx
 
 from ..errors import ConfigurationError, InvalidRequestError, ProviderAPIError
 from ..request import GenerationRequest
-from ..types import FinishReason, GenerateResponse, Message, StreamChunk, Usage
+from ..types import FinishReason, GenerateResponse, StreamChunk, Usage
 from ._http import (
     ErrorInfo,
     StreamFormat,
@@ -24,6 +25,13 @@ from ._http import (
 )
 from ._http_provider import HTTPProvider
 from .features import Features
+from .openai_tools import (
+    ToolDeltaReader,
+    logprobs_of,
+    message_json,
+    request_fields,
+    tool_calls_of,
+)
 
 __all__ = ["LMStudioProvider", "OpenAICompatibleProvider", "OpenAIProvider", "OpenAIWire"]
 
@@ -68,7 +76,7 @@ class OpenAIWire:
         """The /chat/completions JSON body."""
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [_message(m) for m in request.messages],
+            "messages": [message_json(m) for m in request.messages],
             "stream": stream,
         }
         if stream:
@@ -89,10 +97,13 @@ class OpenAIWire:
             "prompt_cache_key": request.prompt_cache_key,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        body.update(request_fields(request))
         body.update(request.extra.get("extra_body") or {})
         return body
 
-    def parse_response(self, payload: dict[str, Any]) -> GenerateResponse:
+    def parse_response(
+        self, payload: dict[str, Any], request: GenerationRequest
+    ) -> GenerateResponse:
         """Map a chat.completion object."""
         if "error" in payload:
             raise error_from_info(self.provider, self.error_info(payload), body=payload)
@@ -107,10 +118,12 @@ class OpenAIWire:
             usage=_usage(payload.get("usage")),
             model=payload.get("model") or self.model,
             provider=self.provider,
+            tool_calls=tool_calls_of(message.get("tool_calls")),
+            logprobs=logprobs_of(choice.get("logprobs")),
             raw=payload,
         )
 
-    def stream_parser(self) -> StreamParser:
+    def stream_parser(self, request: GenerationRequest) -> StreamParser:
         """A parser for one chat.completion.chunk stream."""
         return _OpenAIStream(self)
 
@@ -142,6 +155,7 @@ class _OpenAIStream:
         self._model = wire.model
         self._finish: FinishReason | None = None
         self._usage: Usage | None = None
+        self._tools = ToolDeltaReader()
         self._done = False
 
     @property
@@ -164,12 +178,22 @@ class _OpenAIStream:
         for choice in payload.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                if not isinstance(text, str):
-                    raise TypeError("delta.content is not a string")
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text is not None and not isinstance(text, str):
+                raise TypeError("delta.content is not a string")
+            calls = self._tools.read(delta.get("tool_calls"))
+            logprobs = logprobs_of(choice.get("logprobs"))
+            if text or calls or logprobs:
                 out.append(
-                    StreamChunk(content=text, model=self._model, provider=provider, raw=payload)
+                    StreamChunk(
+                        content=text or "",
+                        tool_call_deltas=calls,
+                        logprobs=logprobs,
+                        model=self._model,
+                        provider=provider,
+                        raw=payload,
+                    )
                 )
             finish = _finish(choice.get("finish_reason"))
             if finish is not None:
@@ -196,15 +220,6 @@ def _status_hint(code: Any, etype: Any) -> int | None:
     if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600:
         return code
     return 500 if etype == "server_error" else None
-
-
-def _message(m: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.name is not None:
-        out["name"] = m.name
-    if m.tool_call_id is not None:
-        out["tool_call_id"] = m.tool_call_id
-    return out
 
 
 def _first_choice(payload: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class Fake:
         """The requests the server got for ``model``."""
         return self.api.recorder.requests(model)
 
+    def configure(self, model: str, **knobs: Any) -> None:
+        """Set the fake model's knobs for ``model`` (see ``servers.model.Knobs``)."""
+        self.api.configure(model, **knobs)
+
     def open_client_sockets(self) -> list[socket.socket]:
         """Sockets in this process still connected to the fake server."""
         out = []

@@ -20,6 +20,10 @@ from abstractcore.providers.anthropic import (
     AnthropicProvider,
     AnthropicWire,
 )
+from abstractcore.request import GenerationRequest
+from abstractcore.types import Message
+
+REQUEST = GenerationRequest(messages=[Message(role="user", content="x")])
 
 
 def test_registered_name() -> None:
@@ -88,7 +92,7 @@ def test_overloaded_is_529(make_llm: Any, fake: Any) -> None:
 
 
 def test_error_event_types_map_to_the_tree() -> None:
-    parser = AnthropicWire("m", "anthropic", "k").stream_parser()
+    parser = AnthropicWire("m", "anthropic", "k").stream_parser(REQUEST)
     body = '{"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}}'
     with pytest.raises(RateLimitError) as info:
         parser.feed(WireEvent("error", body))
@@ -96,27 +100,43 @@ def test_error_event_types_map_to_the_tree() -> None:
 
 
 def test_unknown_events_are_ignored() -> None:
-    parser = AnthropicWire("m", "anthropic", "k").stream_parser()
+    parser = AnthropicWire("m", "anthropic", "k").stream_parser(REQUEST)
     assert parser.feed(WireEvent("ping", '{"type": "ping"}')) == []
     assert parser.feed(WireEvent("future_event", '{"type": "future_event"}')) == []
     assert not parser.done
 
 
-def test_tool_result_messages_become_user_blocks(make_llm: Any, fake: Any) -> None:
+def test_tool_results_become_one_user_turn_of_blocks(make_llm: Any, fake: Any) -> None:
     llm = make_llm("anthropic")
+    call = {"id": "toolu_1", "name": "weather", "arguments": {"city": "Paris"}}
+    other = {"id": "toolu_2", "name": "weather", "arguments": {"city": "Rome"}}
     llm.generate(
         messages=[
             {"role": "user", "content": "weather?"},
-            {"role": "assistant", "content": "calling"},
+            {"role": "assistant", "content": "calling", "tool_calls": [call, other]},
             {"role": "tool", "content": "sunny", "tool_call_id": "toolu_1"},
+            {"role": "tool", "content": "rainy", "tool_call_id": "toolu_2"},
             {"role": "user", "content": "thanks"},
         ]
     )
     sent = fake.requests(llm.model)[0].json["messages"]
+    assert sent[1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "calling"},
+            {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "weather", "input": {"city": "Rome"}},
+        ],
+    }
+    # Both results in the one user turn right after the call: the API requires it.
     assert sent[2] == {
         "role": "user",
-        "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}],
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "rainy"},
+        ],
     }
+    assert sent[3] == {"role": "user", "content": "thanks"} and len(sent) == 4
 
 
 def test_missing_api_key(monkeypatch: pytest.MonkeyPatch) -> None:

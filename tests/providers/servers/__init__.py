@@ -4,10 +4,11 @@ tests."""
 from .core import Connection, LoopbackServer, Request
 from .dialects import DIALECTS, Reply
 from .scenarios import FakeAPI, Recorder
-from .verbs import PROVIDERS, VERBS, Outcome, check_stream, from_response, run_verb
+from .verbs import PROVIDERS, VERBS, Answer, Outcome, answer, check_stream, from_response, run_verb
 
 __all__ = [
     "DIALECTS",
+    "Answer",
     "PROVIDERS",
     "VERBS",
     "Connection",
@@ -17,6 +18,7 @@ __all__ = [
     "Recorder",
     "Reply",
     "Request",
+    "answer",
     "check_stream",
     "from_response",
     "run_verb",

@@ -1,7 +1,9 @@
 """Programmable behaviour, chosen per request by the model name: ``"<scenario>~<unique id>"``.
 
 The unique id keeps each test's attempt counter separate while the server is shared by the
-whole session. Attempt numbers start at 1.
+whole session. Attempt numbers start at 1. Per-model :class:`~.model.Knobs` (where streamed
+text is cut, ...) are set with :meth:`FakeAPI.configure`. A request the real API would refuse
+(a tool result without its call, a strict schema that is not strict...) gets its 400.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from .common import BadRequest
 from .core import Connection, Request
 from .dialects import DIALECTS, Dialect, Reply
+from .model import Knobs, think
 
 # scenario -> (status, kind, extra headers) for plain error replies on every attempt
 _ERRORS: dict[str, tuple[int, str, dict[str, str]]] = {
@@ -61,6 +65,11 @@ class FakeAPI:
 
     def __init__(self) -> None:
         self.recorder = Recorder()
+        self._knobs: dict[str, Knobs] = {}
+
+    def configure(self, model: str, **knobs: Any) -> None:
+        """Set ``model``'s :class:`~.model.Knobs` (before its requests)."""
+        self._knobs[model] = Knobs(**knobs)
 
     async def __call__(self, request: Request, conn: Connection) -> None:
         dialect = next((d for d in DIALECTS.values() if request.path == d.path), None)
@@ -71,10 +80,17 @@ class FakeAPI:
         model = str(body.get("model", ""))
         attempt = self.recorder.add(model, request)
         scenario = model.partition("~")[0]
-        await self._play(scenario, attempt, dialect, body, conn)
+        knobs = self._knobs.get(model, Knobs())
+        await self._play(scenario, attempt, knobs, dialect, body, conn)
 
     async def _play(
-        self, scenario: str, attempt: int, d: Dialect, body: dict[str, Any], conn: Connection
+        self,
+        scenario: str,
+        attempt: int,
+        knobs: Knobs,
+        d: Dialect,
+        body: dict[str, Any],
+        conn: Connection,
     ) -> None:
         stream = d.is_stream(body)
         if scenario in _ERRORS or (scenario in _FIRST_ERRORS and attempt == 1):
@@ -97,7 +113,12 @@ class FakeAPI:
         if scenario == "slow":
             await conn.hang()
             return
-        reply = d.reply(body, cached=3 if scenario == "cached" else 0)
+        try:
+            ask = d.ask(body)
+            reply = think(ask, scenario, attempt, knobs, cached=3 if scenario == "cached" else 0)
+        except BadRequest as exc:
+            await conn.send_json(400, d.bad_request(exc))
+            return
         if stream:
             await self._stream(scenario, attempt, d, body, reply, conn)
         else:

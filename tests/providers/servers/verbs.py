@@ -1,4 +1,5 @@
-"""Client-side helpers: run any of the four verbs and reduce the result to a comparable Outcome."""
+"""Client-side helpers: run any of the four verbs and reduce the result to a comparable Outcome
+(errors caught) or Answer (errors raised; tool calls, parsed output and logprobs kept)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import anyio
 
 from abstractcore.errors import ProviderError
 from abstractcore.providers._http_provider import HTTPProvider
-from abstractcore.types import GenerateResponse, StreamChunk
+from abstractcore.types import GenerateResponse, StreamChunk, TokenLogprob, ToolCall
 
 PROVIDERS = ("openai", "anthropic", "ollama")
 VERBS = ("generate", "agenerate", "stream", "astream")
@@ -66,3 +67,45 @@ async def run_verb(
         return check_stream(chunks)
     except ProviderError as exc:
         return _fail(exc)
+
+
+@dataclass
+class Answer:
+    """What one verb produced, a stream joined: ``chunks`` is empty for the generate verbs."""
+
+    content: str
+    finish_reason: str
+    tool_calls: list[ToolCall]
+    parsed: Any
+    logprobs: list[TokenLogprob] | None
+    chunks: list[StreamChunk]
+
+
+def _answer_of(r: GenerateResponse) -> Answer:
+    return Answer(r.content, r.finish_reason, r.tool_calls, r.parsed, r.logprobs, [])
+
+
+def _joined(chunks: list[StreamChunk]) -> Answer:
+    check_stream(chunks)
+    last = chunks[-1]
+    assert last.finish_reason is not None
+    logprobs = [lp for c in chunks for lp in (c.logprobs or [])]
+    return Answer(
+        "".join(c.content for c in chunks),
+        last.finish_reason,
+        last.tool_calls,
+        last.parsed,
+        logprobs or None,
+        chunks,
+    )
+
+
+async def answer(llm: HTTPProvider, verb: str, prompt: str | None = None, **kw: Any) -> Answer:
+    """Run one of the four verbs (sync ones on a worker thread); errors propagate."""
+    if verb == "generate":
+        return _answer_of(await anyio.to_thread.run_sync(lambda: llm.generate(prompt, **kw)))
+    if verb == "agenerate":
+        return _answer_of(await llm.agenerate(prompt, **kw))
+    if verb == "stream":
+        return _joined(await anyio.to_thread.run_sync(lambda: list(llm.stream(prompt, **kw))))
+    return _joined([c async for c in llm.astream(prompt, **kw)])
