@@ -171,7 +171,8 @@ def _add_models_group(commands: Any) -> None:
 
 
 def _add_serve_group(commands: Any) -> None:
-    from abstractcore.server.cli import add_serve_parser  # argparse only; fastapi loads on run
+    # argparse only; fastapi loads on run
+    from abstractcore.server.serve_command import add_serve_parser
 
     add_serve_parser(commands)
 

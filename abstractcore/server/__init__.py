@@ -5,7 +5,7 @@
 >>> serve(app, port=8000)
 
 Needs the ``server`` extra (fastapi, uvicorn); the names load on first use so that the
-``abstractcore`` command line can import :mod:`abstractcore.server.cli` without them.
+``abstractcore`` command line can import :mod:`abstractcore.server.serve_command` without them.
 """
 
 from __future__ import annotations

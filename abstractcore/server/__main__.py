@@ -1,5 +1,5 @@
 """``python -m abstractcore.server``: the same as ``abstractcore serve``."""
 
-from abstractcore.server.cli import main
+from abstractcore.server.serve_command import main
 
 raise SystemExit(main())

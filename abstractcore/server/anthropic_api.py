@@ -1,238 +1,186 @@
-"""The Anthropic Messages API: POST /v1/messages, with its streaming events."""
+"""The Anthropic Messages API: POST /v1/messages.
+
+The body is validated with :class:`~.schemas_anthropic.MessagesRequest` and mapped here to
+provider keyword arguments: content blocks become abstractcore messages (a user turn's
+``tool_result`` blocks become ``tool`` messages), tools and ``tool_choice`` their neutral
+forms, ``output_config.format`` a JSON-schema ``response_format``. Responses are built by
+:mod:`.anthropic_output`.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..types import FinishReason, GenerateResponse, StreamChunk, Usage
-from . import validation as v
-from .errors import anthropic_error_body
-from .openai_api import CACHE_KEY_HEADER, ChatParams
-from .runner import KEEPALIVE, StreamRun, generate, open_stream
-from .sse import EventStreamResponse, sse_event
+from .anthropic_output import message_events, message_json
+from .generation import CACHE_KEY_HEADER, GenerationParams, generate, open_stream
+from .schemas_anthropic import (
+    AnthropicAssistantMessage,
+    AnthropicTextBlock,
+    AnthropicToolResultBlock,
+    AnthropicToolUseBlock,
+    MessagesRequest,
+    ToolChoiceAny,
+    ToolChoiceNone,
+    ToolChoiceTool,
+)
+from .sse import EventStreamResponse
 from .state import ServerState
+from .validation import validate_body
 
-__all__ = ["message_json", "messages", "parse_messages_request", "usage_json"]
+__all__ = ["messages", "messages_params", "rename_field"]
 
-FIELDS = {"max_output_tokens": "max_tokens", "stop": "stop_sequences"}
-
-_SUPPORTED = {
-    "model",
-    "max_tokens",
-    "messages",
-    "system",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop_sequences",
-    "stream",
-    "metadata",
-    "prompt_cache_key",
-    "service_tier",
+# provider-side field (its first segment) -> what the client sent
+_FIELDS = {
+    "max_output_tokens": "max_tokens",
+    "stop": "stop_sequences",
+    "parallel_tool_calls": "tool_choice.disable_parallel_tool_use",
+    "response_format": "output_config.format",
 }
-_NEUTRAL: dict[str, Callable[[Any], bool]] = {
-    "cache_control": lambda x: True,  # a caching hint; our prompt cache works without it
-    "tools": lambda x: x == [],
-    "tool_choice": lambda x: x == {"type": "none"},
-    "thinking": lambda x: x == {"type": "disabled"},
-}
-_BLOCK_KEYS = {"type", "text"}
-_BLOCK_NEUTRAL: dict[str, Callable[[Any], bool]] = {
-    "cache_control": lambda x: True,  # a caching hint; our prompt cache works without it
-    "citations": lambda x: x == [],
-}
-_STOP_REASONS: dict[str, str] = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "cancelled": "end_turn",
-}
+_INDEX = re.compile(r"\[(\d+)\]")
 
 
-def _text(value: Any, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list):
-        raise v.bad(where, f"'{where}' must be a string or a list of content blocks")
-    texts: list[str] = []
-    for j, block in enumerate(value):
-        at = f"{where}.{j}"
-        if not isinstance(block, dict):
-            raise v.bad(at, f"'{at}' must be an object")
-        if block.get("type") != "text":
-            raise v.bad(
-                f"{at}.type",
-                f"'{at}.type': content block type {block.get('type')!r} is not supported "
-                "(only 'text')",
-            )
-        v.check_fields(block, _BLOCK_KEYS, _BLOCK_NEUTRAL, prefix=f"{at}.")
-        if not isinstance(block.get("text"), str):
-            raise v.bad(f"{at}.text", f"'{at}.text' must be a string")
-        texts.append(block["text"])
-    return "\n".join(texts)
+def rename_field(field: str) -> str:
+    """A provider-side field in the client's words: ``max_output_tokens`` -> ``max_tokens``,
+    ``tools[0].parameters`` -> ``tools.0.input_schema``. A message index is dropped: the
+    system prompt and tool results are separate messages on the provider's side."""
+    field = _INDEX.sub(r".\1", field)
+    head, dot, rest = field.partition(".")
+    if head == "messages":
+        return "messages"
+    if head == "tools":
+        rest = re.sub(r"(^|\.)(function\.)?parameters(\.|$)", r"\1input_schema\3", rest)
+    if head == "response_format":
+        rest = rest.removeprefix("json_schema.").removeprefix("json_schema")
+    out = _FIELDS.get(head, head)
+    return out + (dot + rest if rest else "")
 
 
-def _messages(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value:
-        raise v.bad("messages", "'messages' must be a non-empty list")
+# ---------------------------------------------------------------------- request mapping
+def _text(content: str | list[AnthropicTextBlock] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(block.text for block in content)
+
+
+def _tool_result(block: AnthropicToolResultBlock) -> dict[str, Any]:
+    text = _text(block.content)
+    # abstractcore's tool messages have no error flag: the text says it, as the tool loop does.
+    if block.is_error and not text.startswith("Error"):
+        text = f"Error: {text}" if text else "Error"
+    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+
+
+def _messages(body: MessagesRequest) -> list[dict[str, Any]]:
+    """The conversation as abstractcore messages, the system prompt first."""
     out: list[dict[str, Any]] = []
-    for i, message in enumerate(value):
-        where = f"messages.{i}"
-        if not isinstance(message, dict):
-            raise v.bad(where, f"'{where}' must be an object")
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            raise v.bad(
-                f"{where}.role",
-                f"unknown role {role!r} in '{where}.role' (supported: user, assistant)",
-            )
-        v.check_fields(message, {"role", "content"}, prefix=f"{where}.")
-        out.append({"role": role, "content": _text(message.get("content"), f"{where}.content")})
+    if body.system is not None:
+        out.append({"role": "system", "content": _text(body.system)})
+    for m in body.messages:
+        if isinstance(m.content, str):
+            out.append({"role": m.role, "content": m.content})
+        elif isinstance(m, AnthropicAssistantMessage):
+            said = [b.text for b in m.content if isinstance(b, AnthropicTextBlock)]
+            calls = [
+                {"id": b.id, "name": b.name, "arguments": b.input}
+                for b in m.content
+                if isinstance(b, AnthropicToolUseBlock)
+            ]
+            turn: dict[str, Any] = {"role": "assistant", "content": "\n".join(said)}
+            if calls:
+                turn["tool_calls"] = calls
+            out.append(turn)
+        else:
+            # Block order is kept: tool results and runs of text alternate as they came.
+            texts: list[str] = []
+            for block in m.content:
+                if isinstance(block, AnthropicToolResultBlock):
+                    if texts:
+                        out.append({"role": "user", "content": "\n".join(texts)})
+                        texts = []
+                    out.append(_tool_result(block))
+                else:
+                    texts.append(block.text)
+            if texts or not m.content:
+                out.append({"role": "user", "content": "\n".join(texts)})
     return out
 
 
-def parse_messages_request(
-    body: Mapping[str, Any], request: Request, state: ServerState
-) -> ChatParams:
-    """Validate a Messages body into provider kwargs."""
-    v.check_fields(body, _SUPPORTED, _NEUTRAL)
-    max_tokens = v.opt_int(body, "max_tokens", minimum=1)
-    if max_tokens is None:
-        raise v.bad("max_tokens", "missing required field 'max_tokens'")
-    metadata = body.get("metadata")
-    if metadata is not None:
-        if not isinstance(metadata, dict):
-            raise v.bad("metadata", "'metadata' must be an object")
-        v.check_fields(metadata, {"user_id"}, prefix="metadata.")
-    messages = _messages(body.get("messages"))
-    system = body.get("system")
-    if system is not None:
-        messages.insert(0, {"role": "system", "content": _text(system, "system")})
-    kwargs: dict[str, Any] = {
-        "messages": messages,
-        "max_output_tokens": state.cap_output_tokens(max_tokens),
-        "temperature": v.opt_number(body, "temperature", minimum=0.0, maximum=1.0),
-        "top_p": v.opt_number(body, "top_p", minimum=0.0, maximum=1.0, exclusive_minimum=True),
-        "top_k": v.opt_int(body, "top_k", minimum=0),
-        "stop": v.opt_stop(body, "stop_sequences", allow_str=False) or None,
-        "prompt_cache_key": v.opt_str(body, "prompt_cache_key")
-        or request.headers.get(CACHE_KEY_HEADER)
-        or None,
-    }
-    stream = bool(v.opt_bool(body, "stream"))
-    kwargs = {k: val for k, val in kwargs.items() if val is not None}
-    return ChatParams(kwargs, stream, True, FIELDS)
-
-
-def stop_reason(reason: FinishReason | None) -> str:
-    """abstractcore finish reason -> Anthropic stop reason."""
-    return _STOP_REASONS.get(reason or "stop", "end_turn")
-
-
-def usage_json(usage: Usage | None) -> dict[str, Any]:
-    """Anthropic usage: cache reads are reported apart from (not inside) input tokens."""
-    u = usage or Usage()
-    return {
-        "input_tokens": max(0, u.prompt_tokens - u.cached_tokens),
-        "output_tokens": u.completion_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": u.cached_tokens,
-    }
-
-
-def message_json(resp: GenerateResponse, mid: str, model: str) -> dict[str, Any]:
-    """A ``message`` object."""
-    return {
-        "id": mid,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": resp.content}],
-        "stop_reason": stop_reason(resp.finish_reason),
-        "stop_sequence": None,
-        "usage": usage_json(resp.usage),
-    }
-
-
-async def _events(
-    run: StreamRun, first: Any, mid: str, model: str, keepalive: float
-) -> AsyncIterator[bytes]:
-    start: dict[str, Any] = {
-        "id": mid,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0},
-    }
-    yield sse_event("message_start", {"type": "message_start", "message": start})
-    yield sse_event(
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-    )
-    yield sse_event("ping", {"type": "ping"})
-    item: Any = first
-    reason: FinishReason | None = None
-    try:
-        while item is not None:
-            if item is KEEPALIVE:
-                yield sse_event("ping", {"type": "ping"})
-            else:
-                assert isinstance(item, StreamChunk)
-                if item.content:
-                    yield sse_event(
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": 0,
-                            "delta": {"type": "text_delta", "text": item.content},
-                        },
-                    )
-                if item.finish_reason is not None:
-                    reason = item.finish_reason
-            item = await run.next(keepalive)
-    except Exception as exc:  # noqa: BLE001 - the status is sent: report it in the stream
-        yield sse_event("error", anthropic_error_body(run.fail(exc)))
+def _tools(body: MessagesRequest, kwargs: dict[str, Any]) -> None:
+    if body.tools:
+        kwargs["tools"] = [
+            t.model_dump(
+                include={"name", "description", "input_schema", "strict"}, exclude_none=True
+            )
+            for t in body.tools
+        ]
+    choice = body.tool_choice
+    if choice is None:
         return
-    yield sse_event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield sse_event(
-        "message_delta",
-        {
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(reason), "stop_sequence": None},
-            "usage": usage_json(run.usage),
-        },
+    name = (
+        choice.name
+        if isinstance(choice, ToolChoiceTool)
+        else "required"
+        if isinstance(choice, ToolChoiceAny)
+        else choice.type
     )
-    run.status = 200
-    yield sse_event("message_stop", {"type": "message_stop"})
+    if body.tools or name not in ("auto", "none"):
+        kwargs["tool_choice"] = name
+    if not isinstance(choice, ToolChoiceNone) and choice.disable_parallel_tool_use is not None:
+        if body.tools:
+            kwargs["parallel_tool_calls"] = not choice.disable_parallel_tool_use
+
+
+def messages_params(
+    body: MessagesRequest, request: Request, state: ServerState
+) -> GenerationParams:
+    """A validated Messages body as provider kwargs."""
+    kwargs: dict[str, Any] = {
+        "messages": _messages(body),
+        "max_output_tokens": state.cap_output_tokens(body.max_tokens),
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "stop": body.stop_sequences or None,
+        "prompt_cache_key": body.prompt_cache_key or request.headers.get(CACHE_KEY_HEADER) or None,
+    }
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    _tools(body, kwargs)
+    fmt = body.output_config.format if body.output_config is not None else None
+    if fmt is not None:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": fmt.schema_},
+        }
+    return GenerationParams(kwargs, bool(body.stream), True, rename_field)
 
 
 async def messages(request: Request, state: ServerState, started: float) -> Response:
     """POST /v1/messages."""
     body = await state.read_json(request)
     model = state.check_model(body.get("model"))
-    params = parse_messages_request(body, request, state)
+    params = messages_params(validate_body(MessagesRequest, body, "anthropic"), request, state)
     mid = "msg_" + uuid.uuid4().hex
     if params.stream:
-        run = open_stream(
-            state, "messages", params.kwargs, started=started, field_names=params.field_names
-        )
+        run = open_stream(state, "messages", params.kwargs, started=started, rename=params.rename)
         keepalive = state.settings.keepalive_interval
         first = await run.first(keepalive)
-        return EventStreamResponse(_events(run, first, mid, model, keepalive), on_close=run.close)
+        events = message_events(
+            run, first, mid, model, keepalive, eager_text="tools" not in params.kwargs
+        )
+        return EventStreamResponse(events, on_close=run.close)
     resp = await generate(
         state,
         "messages",
         params.kwargs,
         receive=request.receive,
         started=started,
-        field_names=params.field_names,
+        rename=params.rename,
     )
     return JSONResponse(message_json(resp, mid, model))

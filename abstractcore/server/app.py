@@ -1,4 +1,4 @@
-"""The ASGI app: routes, authentication, error rendering, health, metrics, lifespan."""
+"""The ASGI app: routes, authentication, error rendering, health, metrics, docs, lifespan."""
 
 from __future__ import annotations
 
@@ -14,14 +14,33 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from ..errors import AbstractCoreError
 from ..providers.base import BaseProvider
 from . import anthropic_api, openai_api
-from .errors import APIError, ClientDisconnected, Flavor, error_body, from_exception
-from .metrics import CONTENT_TYPE
-from .runner import CLIENT_CLOSED
+from .generation import CLIENT_CLOSED
+from .http_errors import APIError, ClientDisconnected, Flavor, error_body, from_exception
+from .openapi import (
+    ANTHROPIC_ERRORS,
+    OPENAI_ERRORS,
+    anthropic_stream,
+    install_openapi,
+    openai_stream,
+    request_body,
+)
+from .openapi_examples import CHAT_EXAMPLES, COMPLETION_EXAMPLES, MESSAGES_EXAMPLES
+from .openapi_models import (
+    OPENAI_CHAT_EVENTS,
+    OPENAI_TEXT_EVENTS,
+    ChatCompletion,
+    HealthBody,
+    MessageObject,
+    ModelList,
+    TextCompletion,
+)
+from .schemas_anthropic import MessagesRequest
+from .schemas_openai import ChatCompletionRequest, CompletionRequest
 from .state import DEFAULT_MAX_BODY_BYTES, ProviderSource, ServerSettings, ServerState
 
 __all__ = ["create_app", "get_state"]
@@ -107,31 +126,38 @@ def create_app(
                 await state.provider.aclose()
 
     app = FastAPI(
-        title="abstractcore", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+        title="abstractcore",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
     )
     app.state.abstractcore = state
-
-    app.add_route(
-        "/v1/chat/completions",
-        _route(state, "chat_completions", "openai", openai_api.chat_completions),
-        ["POST"],
-    )
-    app.add_route(
-        "/v1/completions", _route(state, "completions", "openai", openai_api.completions), ["POST"]
-    )
-    app.add_route("/v1/models", _route(state, "models", "openai", openai_api.list_models), ["GET"])
-    app.add_route(
-        "/v1/messages", _route(state, "messages", "anthropic", anthropic_api.messages), ["POST"]
-    )
+    install_openapi(app, secured=api_key is not None, model_id=lambda: state.model_id)
+    _add_api_routes(app, state)
 
     async def health(request: Request) -> Response:
         return _health(state)
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+        body, content_type = state.metrics.render(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
-    app.add_route("/health", health, ["GET"])
-    app.add_route("/metrics", metrics, ["GET"])
+    app.add_api_route(
+        "/health",
+        health,
+        methods=["GET"],
+        summary="Readiness probe (no key needed)",
+        responses={200: {"model": HealthBody}, 503: {"model": HealthBody}},
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        summary="Prometheus metrics (no key needed)",
+        response_class=PrometheusResponse,
+        responses={200: {"description": "The Prometheus text exposition format."}},
+    )
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -148,6 +174,51 @@ def create_app(
             expose_headers=["Retry-After"],
         )
     return app
+
+
+class PrometheusResponse(Response):
+    """The media type of ``/metrics`` in the OpenAPI document."""
+
+    media_type = "text/plain"
+
+
+def _add_api_routes(app: FastAPI, state: ServerState) -> None:
+    """The OpenAI and Anthropic routes, documented: request bodies and responses."""
+    chunks = "chat.completion.chunk events, then `data: [DONE]`."
+    app.add_api_route(
+        "/v1/chat/completions",
+        _route(state, "chat_completions", "openai", openai_api.chat_completions),
+        methods=["POST"],
+        summary="OpenAI chat completion",
+        openapi_extra=request_body(ChatCompletionRequest, CHAT_EXAMPLES),
+        responses={**openai_stream(ChatCompletion, OPENAI_CHAT_EVENTS, chunks), **OPENAI_ERRORS},
+    )
+    app.add_api_route(
+        "/v1/completions",
+        _route(state, "completions", "openai", openai_api.completions),
+        methods=["POST"],
+        summary="OpenAI (legacy) text completion",
+        openapi_extra=request_body(CompletionRequest, COMPLETION_EXAMPLES),
+        responses={
+            **openai_stream(TextCompletion, OPENAI_TEXT_EVENTS, "text_completion events."),
+            **OPENAI_ERRORS,
+        },
+    )
+    app.add_api_route(
+        "/v1/models",
+        _route(state, "models", "openai", openai_api.list_models),
+        methods=["GET"],
+        summary="The served model and its aliases",
+        responses={200: {"model": ModelList}, **OPENAI_ERRORS},
+    )
+    app.add_api_route(
+        "/v1/messages",
+        _route(state, "messages", "anthropic", anthropic_api.messages),
+        methods=["POST"],
+        summary="Anthropic message",
+        openapi_extra=request_body(MessagesRequest, MESSAGES_EXAMPLES),
+        responses={**anthropic_stream(MessageObject), **ANTHROPIC_ERRORS},
+    )
 
 
 async def _load(state: ServerState) -> None:

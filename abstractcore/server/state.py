@@ -17,8 +17,8 @@ from typing import Any
 from starlette.requests import Request
 
 from ..providers.base import BaseProvider
-from .errors import APIError
-from .metrics import ServerMetrics
+from .http_errors import APIError
+from .prometheus_metrics import ServerMetrics
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "ServerSettings", "ServerState"]
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from abstractcore import errors
-from abstractcore.providers.base import BaseProvider
+from abstractcore.providers.base import BaseProvider, Features
 from abstractcore.request import GenerationRequest
-from abstractcore.types import StreamChunk, Usage
+from abstractcore.types import StreamChunk, TokenLogprob, ToolCall, ToolCallDelta, TopLogprob, Usage
 
 API_KEY = "test-key-123"
 STARTUP_DEADLINE_S = 60.0
@@ -143,14 +143,21 @@ def mlx_server(serve_process: Callable[..., ServerProcess]) -> Iterator[ServerPr
 
 # ---------------------------------------------------------------------- scripted provider
 class ScriptedProvider(BaseProvider):
-    """Deterministic provider for mapping tests; the last user message picks the behaviour.
+    """Deterministic provider for mapping tests; the last message picks the behaviour.
 
     ``echo <words>`` streams the words; ``gate`` waits until :meth:`release`; ``fail <Error>``
     raises before the first chunk; ``fail-mid <Error>`` raises after one chunk; ``hang``
-    waits forever (until cancelled).
+    waits forever (until cancelled). For tools and structured output: ``say <text>`` streams
+    the text verbatim in three pieces, the last one in the finishing chunk; ``call <name>
+    <arguments> [| <name> <arguments>...]`` streams tool calls as deltas (indexes 1, 2...;
+    the id and name first, the arguments in three fragments, the last one in the finishing
+    chunk); ``whole <name> <arguments>`` gives one call only in the finishing chunk. With
+    ``logprobs``, each text piece carries one TokenLogprob (and ``top_logprobs``
+    alternatives).
     """
 
     provider_name = "scripted"
+    features = Features(tools=True, parallel_tool_calls=True, structured_output=True, logprobs=True)
 
     def __init__(self, model: str = "scripted-1") -> None:
         super().__init__(model)
@@ -181,6 +188,10 @@ class ScriptedProvider(BaseProvider):
                 rest = "released"
             if command == "hang":
                 await asyncio.Event().wait()
+            if command in ("say", "call", "whole"):
+                for chunk in _scripted_output(command, rest, request):
+                    yield chunk
+                return
             words = rest.split(" ") if rest else ["ok"]
             limit = request.max_output_tokens or len(words)
             for i, word in enumerate(words[:limit]):
@@ -197,6 +208,54 @@ class ScriptedProvider(BaseProvider):
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+
+
+def _thirds(text: str) -> list[str]:
+    """``text`` in three pieces (some may be empty)."""
+    a, b = len(text) // 3, 2 * len(text) // 3
+    return [text[:a], text[a:b], text[b:]]
+
+
+def _logprob(piece: str, i: int, request: GenerationRequest) -> list[TokenLogprob] | None:
+    if not request.logprobs:
+        return None
+    top = [
+        TopLogprob(token=f"{piece}~{k}", logprob=-1.0 - k) for k in range(request.top_logprobs or 0)
+    ]
+    return [
+        TokenLogprob(
+            token=piece, logprob=-0.25 * (i + 1), bytes=list(piece.encode()), top_logprobs=top
+        )
+    ]
+
+
+def _scripted_output(command: str, rest: str, request: GenerationRequest) -> list[StreamChunk]:
+    usage = Usage(prompt_tokens=7, completion_tokens=3, cached_tokens=3)
+    if command == "say":
+        pieces = _thirds(rest)
+        chunks = [
+            StreamChunk(content=p, logprobs=_logprob(p, i, request))
+            for i, p in enumerate(pieces[:2])
+        ]
+        return [*chunks, StreamChunk(content=pieces[2], logprobs=_logprob(pieces[2], 2, request),
+                                     finish_reason="stop", usage=usage)]  # fmt: skip
+    if command == "whole":
+        name, _, args = rest.partition(" ")
+        call = ToolCall.model_validate({"id": "call_whole", "name": name, "arguments": args})
+        return [StreamChunk(finish_reason="tool_calls", usage=usage, tool_calls=[call])]
+    chunks: list[StreamChunk] = []
+    last: list[ToolCallDelta] = []
+    for i, spec in enumerate(rest.split(" | ")):
+        name, _, args = spec.partition(" ")
+        index = i + 1  # not 0-based, as some backends number content blocks
+        first, second, third = _thirds(args)
+        chunks.append(
+            StreamChunk(tool_call_deltas=[ToolCallDelta(index=index, id=f"call_{i}", name=name)])
+        )
+        chunks.append(StreamChunk(tool_call_deltas=[ToolCallDelta(index=index, arguments=first)]))
+        chunks.append(StreamChunk(tool_call_deltas=[ToolCallDelta(index=index, arguments=second)]))
+        last.append(ToolCallDelta(index=index, arguments=third))
+    return [*chunks, StreamChunk(finish_reason="tool_calls", usage=usage, tool_call_deltas=last)]
 
 
 def _error(name: str) -> BaseException:

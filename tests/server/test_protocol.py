@@ -213,7 +213,7 @@ def test_anthropic_message_and_stream_events(
         ({"n": 2}, "n"),
         ({"bogus": 1}, "bogus"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function"),
         ({"temperature": 3}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
         ({"top_p": 0}, "top_p"),
@@ -224,7 +224,10 @@ def test_anthropic_message_and_stream_events(
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"stream": True, "stream_options": {"nope": 1}}, "stream_options.nope"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages[0].role"),
+        (
+            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]},
+            "messages[0].tool_call_id",
+        ),
         ({"messages": [{"role": "user", "content": "x", "weird": 1}]}, "messages[0].weird"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..providers.mlx.options import add_engine_arguments, engine_options_from_args
+
 __all__ = ["API_KEY_ENV", "add_serve_arguments", "add_serve_parser", "main", "run_serve"]
 
 API_KEY_ENV = "ABSTRACTCORE_API_KEY"
@@ -54,18 +56,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="another accepted value of the request's `model` (repeatable)",
     )
-    g.add_argument(
-        "--max-queue",
-        type=_positive_int,
-        default=None,
-        help="requests waiting for a batch slot before 429 (engine providers)",
-    )
-    g.add_argument(
-        "--max-batch-size",
-        type=_positive_int,
-        default=None,
-        help="rows decoded together (engine providers)",
-    )
+    add_engine_arguments(parser.add_argument_group("MLX engine (EngineOptions; provider mlx)"))
     h = parser.add_argument_group("http")
     h.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     h.add_argument(
@@ -126,15 +117,6 @@ def add_serve_parser(commands: Any) -> None:
     parser.set_defaults(handler=run_serve)
 
 
-def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if args.max_queue is not None:
-        options["max_queue"] = args.max_queue
-    if args.max_batch_size is not None:
-        options["max_batch_size"] = args.max_batch_size
-    return options
-
-
 def build_app(args: argparse.Namespace) -> Any:
     """The app for these flags; the model loads at startup (503 until it is ready)."""
     from ..errors import ConfigurationError
@@ -151,7 +133,7 @@ def build_app(args: argparse.Namespace) -> Any:
     provider = args.provider
     if provider is None and args.profile is None and not os.environ.get("ABSTRACTCORE_PROVIDER"):
         provider = "mlx"
-    options = _provider_options(args)
+    options = engine_options_from_args(args)
 
     def load() -> Any:
         return create_llm(provider, args.model, profile=args.profile, **options)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from .. import errors as core
@@ -19,6 +19,7 @@ __all__ = [
     "APIError",
     "ClientDisconnected",
     "Flavor",
+    "Rename",
     "anthropic_error_body",
     "error_body",
     "from_exception",
@@ -28,6 +29,9 @@ __all__ = [
 logger = logging.getLogger("abstractcore.server")
 
 Flavor = Literal["openai", "anthropic"]
+#: Turns a provider-side field name (``max_output_tokens``, ``tools[0].parameters``) into the
+#: name the client used (``max_tokens``, ``tools.0.input_schema``).
+Rename = Callable[[str], str]
 
 # status -> (OpenAI error type, Anthropic error type)
 _TYPES: dict[int, tuple[str, str]] = {
@@ -76,19 +80,18 @@ def _retry_after(seconds: float | None) -> dict[str, str]:
     return {"Retry-After": str(value)}
 
 
-def from_exception(exc: BaseException, *, field_names: Mapping[str, str] | None = None) -> APIError:
+def from_exception(exc: BaseException, *, rename: Rename | None = None) -> APIError:
     """Map an exception raised while serving a request to the response the client gets.
 
-    ``field_names`` renames provider-side field names to the wire names of the endpoint
+    ``rename`` turns provider-side field names into the wire names of the endpoint
     (``max_output_tokens`` -> ``max_tokens``), so a 400 names what the client sent.
     """
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, core.InvalidRequestError):
         field = exc.field
-        if field is not None and field_names:
-            head, sep, rest = field.partition("[")
-            field = field_names.get(head, head) + sep + rest
+        if field is not None and rename is not None:
+            field = rename(field)
         code = "context_length_exceeded" if isinstance(exc, core.ContextLengthError) else None
         return APIError(400, str(exc), param=field, code=code)
     if isinstance(exc, core.OverloadedError):
@@ -119,6 +122,10 @@ def from_exception(exc: BaseException, *, field_names: Mapping[str, str] | None 
     if isinstance(exc, core.ProviderError):
         logger.error("upstream provider error: %s", exc)
         return APIError(502, "upstream provider error")
+    # Only without the model's answer attached (which is returned instead, see .generation).
+    if isinstance(exc, (core.StructuredOutputError, core.ToolCallError)):
+        logger.error("the model's output did not validate: %s", exc)
+        return APIError(502, "the model's output did not validate")
     logger.exception("internal error while serving a request", exc_info=exc)
     return APIError(500, "internal server error")
 
