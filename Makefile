@@ -41,7 +41,7 @@ test: setup
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not mlx and not slow"
 
-LINT_PATHS := abstractcore tests examples scripts
+LINT_PATHS := abstractcore tests examples
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

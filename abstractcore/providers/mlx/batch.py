@@ -2,9 +2,10 @@
 
 :class:`Batch` builds the generator (EOS as its stop tokens, the batch sizes, the engine's
 stream, and the greedy shortcut where compat.py allows it), inserts requests with their
-prompt-cache hits and samplers, runs one ``next()`` per engine step, and removes finished or
-cancelled rows handing their KV caches back. A step that raised leaves the generator in an
-unknown state, so :meth:`rebuild` replaces it. Engine thread only.
+prompt-cache hits and samplers, and runs one ``next()`` per engine step. Rows that finish
+leave the generator by themselves; rows that ended on a stop string, failed or were
+cancelled are removed here, handing their KV caches back. A step that raised leaves the
+generator in an unknown state, so :meth:`rebuild` replaces it. Engine thread only.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Insert:
     """One request for ``BatchGenerator.insert``: the prompt tokens still to prefill, the
-    cache covering ``cached_tokens`` before them (None: cold), its sampler."""
+    KV cache covering the token ids ``cache_tokens`` before them (None: cold), its sampler."""
 
     prompt: list[int]
     max_tokens: int
     sampler: Callable[[Any], Any]
     cache: list[Any] | None = None
-    cached_tokens: list[int] | None = None
+    cache_tokens: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ class Batch:
             [e.prompt for e in entries],
             max_tokens=[e.max_tokens for e in entries],
             caches=[e.cache for e in entries] if hits else None,
-            all_tokens=[e.cached_tokens or [] for e in entries] if hits else None,
+            all_tokens=[e.cache_tokens or [] for e in entries] if hits else None,
             samplers=[e.sampler for e in entries],
         )
         return uids
@@ -132,5 +133,5 @@ class Batch:
             return
         try:
             old.close()
-        except Exception:
-            log.debug("closing the BatchGenerator raised", exc_info=True)
+        except Exception:  # a generator being replaced or shut down: nothing left to serve
+            log.warning("closing the BatchGenerator raised", exc_info=True)

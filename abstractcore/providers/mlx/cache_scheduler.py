@@ -28,6 +28,7 @@ from .prompt_cache_files import load_cache_file, save_cache_file
 from .token_prefix import plan_forks
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .model_setup import ModelSetup
     from .options import EngineOptions
     from .request_state import RequestState
@@ -173,7 +174,7 @@ class CacheScheduler:
             self._leases[new_uid] = lease
 
     # ------------------------------------------------------------------ steps
-    def after_step(self, batch: Any, prompt_responses: Sequence[Any]) -> None:
+    def after_step(self, batch: Batch, prompt_responses: Sequence[Any]) -> None:
         """Follow prefill progress; land every fork whose lead now holds its prefix."""
         leases = self._leases
         for r in prompt_responses:
@@ -188,11 +189,13 @@ class CacheScheduler:
         lease = self._leases.get(state.uid) if state.uid is not None else None
         return -1 if lease is None else lease.kv
 
-    def _land(self, batch: Any, lead: RequestState) -> None:
+    def _land(self, batch: Batch, lead: RequestState) -> None:
         fork = self._forks.pop(lead)
         self._recount()
         stored = False
-        got = batch.extract_cache([lead.uid]).get(lead.uid)
+        uid = lead.uid
+        assert uid is not None, "a fork's lead is running"
+        got = batch.extract_cache([uid]).get(uid)
         if got is not None:
             cache, tokens = got
             prefix = lead.job.prompt_tokens[: fork.need]

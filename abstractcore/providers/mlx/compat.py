@@ -1,5 +1,6 @@
-"""The one boundary to mlx-lm's internals: every private attribute read, every patch of a model
-module or layer, and every in-place write to a KV cache lives here.
+"""The one boundary to mlx-lm's internals: every read of a private attribute, every write into a
+model module or layer, and every in-place write to a KV cache goes through here (the
+replacement functions and classes themselves are cpu_ops.py's and row_padding.py's).
 
 Each of these depends on details mlx-lm does not promise to keep (they changed inside 0.32
 already: 0.32.0 had ``StopSequenceMatcher``/``_matcher_states``, 0.32.2 has
@@ -17,8 +18,10 @@ What is switched off, and what each costs when it is:
   ``_generation_batch``) to skip log-probabilities on all-greedy steps.
 - ``fast_cpu_ops``: :func:`replace_module_functions` rebinds the names a model module calls
   (``scaled_dot_product_attention``, ``swiglu``) to cpu_ops.py's dispatchers.
-- ``pad_rows``: :func:`swap_layer_class` swaps the class of the model's ``nn.Linear`` /
-  ``nn.Embedding`` layers for row_padding.py's padded subclasses.
+- ``pad_rows``: :func:`set_layer_class` swaps the class of the model's ``nn.Linear`` /
+  ``nn.Embedding`` layers for row_padding.py's padded subclasses. Those are mlx's classes,
+  but that the dense products are exactly these layers (and a tied output projection is
+  ``Embedding.as_linear``) is how mlx-lm builds its models, not a promise it makes.
 - ``prompt_cache``: :func:`kv_layer`, :func:`trim_layers` and :func:`cut_layer` write
   ``KVCache.keys/values/offset`` (whose ``state`` tuple changed shape across versions).
 - ``generator_snapshot``: :func:`generator_uids` reads the generator's private batches (for
@@ -47,8 +50,7 @@ __all__ = [
     "kv_layer",
     "mlx_lm_version",
     "replace_module_functions",
-    "restore_layer_class",
-    "swap_layer_class",
+    "set_layer_class",
     "trim_layers",
 ]
 
@@ -66,8 +68,12 @@ class MlxLmVersionWarning(UserWarning):
 
 
 def mlx_lm_version() -> str:
-    """The installed mlx-lm's version."""
-    return importlib.metadata.version("mlx-lm")
+    """The installed mlx-lm's version ("unknown" when it has no package metadata, e.g. a copy
+    on ``PYTHONPATH``: then it counts as unverified)."""
+    try:
+        return importlib.metadata.version("mlx-lm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ def _warn_once(version: str, why: str) -> None:
         f"optimizations: {', '.join(OPTIMIZATIONS)} (see MLXProvider.stats()['mlx_lm'])."
     )
     log.warning(message)
-    warnings.warn(message, MlxLmVersionWarning, stacklevel=3)
+    warnings.warn(message, MlxLmVersionWarning, stacklevel=2)
 
 
 # ---------------------------------------------------------------------- greedy_step
@@ -201,8 +207,8 @@ def replace_module_functions(
     for name, (original, make) in replacements.items():
         hit = False
         for module in modules:
-            if module is None:
-                continue
+            if module is None or module.__name__ == original.__module__:
+                continue  # where the original is defined (e.g. activations.py) stays as it is
             current = getattr(module, name, None)
             if current is original:
                 setattr(module, name, make(original))
@@ -225,14 +231,9 @@ def _layer_modules(model: Any) -> list[str]:
 
 
 # ---------------------------------------------------------------------- pad_rows
-def swap_layer_class(layer: Any, cls: type[Any]) -> None:
-    """Give ``layer`` the class ``cls`` (a subclass of its own): its weights, their names and
-    the parameter tree stay exactly as they are."""
-    layer.__class__ = cls
-
-
-def restore_layer_class(layer: Any, cls: type[Any]) -> None:
-    """Undo :func:`swap_layer_class`."""
+def set_layer_class(layer: Any, cls: type[Any]) -> None:
+    """Give ``layer`` the class ``cls`` (its own class, or a subclass of it, and back): its
+    weights, their names and the parameter tree stay exactly as they are."""
     layer.__class__ = cls
 
 

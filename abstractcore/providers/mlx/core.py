@@ -33,7 +33,7 @@ from .request_state import RequestState, RequestStatus
 from .scheduler import Scheduler
 from .solo import SoloLane
 
-__all__ = ["EngineCore", "as_provider_error"]
+__all__ = ["EngineCore"]
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,14 @@ class EngineCore:
         scheduler: Scheduler,
         batch: Batch,
         solo: SoloLane,
-        cache: CacheScheduler,
         counters: EngineCounters,
     ) -> None:
+        assert scheduler.cache is not None, "the scheduler plans with the prompt cache"
         self.setup = setup
         self.scheduler = scheduler
         self.batch = batch
         self.solo = solo
-        self.cache = cache
+        self.cache: CacheScheduler = scheduler.cache
         self.counters = counters
         self.output = OutputProcessor(counters)
         self.active: dict[int, RequestState] = {}
@@ -131,37 +131,42 @@ class EngineCore:
     def _admit(self, now: float) -> None:
         if self.solo.active and self.scheduler.waiting:
             self._solo_to_batch()  # the lone request joins the batch ahead of the arrivals
-        batch = [s for s in self.scheduler.take(self.active.values()) if self._lookup(s)]
-        if not batch:
-            return
-        self.scheduler.order(batch)
-        if self.scheduler.solo_fits(batch, len(self.active)):
+        admitted = [s for s in self.scheduler.take(self.active.values()) if self._lookup(s)]
+        self.scheduler.order(admitted)
+        if admitted and self.scheduler.runs_solo(admitted, len(self.active)):
             try:
-                self._start_solo(batch[0], now)
+                self._start_solo(admitted[0], now)
             except Exception as exc:  # noqa: BLE001 - fails this request only
-                self._fail(batch[0], as_provider_error(exc, "could not start the request"))
-        else:
+                state = admitted[0]
+                self.solo.end()
+                if state.uid is not None:  # registered: its cache lease goes back
+                    self.active.pop(state.uid, None)
+                    self._returned(state.uid, None, None)
+                self._fail(state, _as_provider_error(exc, "could not start the request"))
+        elif admitted:
             try:
-                self._insert(batch, now)
+                self._insert(admitted, now)
             except Exception:  # noqa: BLE001 - isolate the request that broke the insert
-                for state in batch:
+                for state in admitted:
                     try:
                         self._insert([state], now)
                     except Exception as exc:  # noqa: BLE001
-                        self._fail(state, as_provider_error(exc, "could not start the request"))
-        self._flush()
+                        self._fail(state, _as_provider_error(exc, "could not start the request"))
+        self._flush()  # failed lookups and starts are delivered even when nothing runs
 
     def _lookup(self, state: RequestState) -> bool:
         """Take the request's cache hit; False (and the request failed) if that broke."""
         try:
             hit = self.cache.checkout(state)
         except Exception as exc:  # noqa: BLE001 - fails this request only
-            self._fail(state, as_provider_error(exc, "the prompt cache lookup failed"))
+            self._fail(state, _as_provider_error(exc, "the prompt cache lookup failed"))
             return False
         state.cache, state.cached_tokens = hit, 0 if hit is None else hit.n
         return True
 
-    def _insert(self, batch: list[RequestState], now: float) -> None:
+    def _insert(self, states: list[RequestState], now: float) -> None:
+        """Insert ``states`` into the batch (raises only if the insert itself failed; a request
+        whose registration then fails is failed and removed alone)."""
         samplers = self.setup.samplers
         entries = [
             Insert(
@@ -169,12 +174,16 @@ class EngineCore:
                 max_tokens=s.job.max_tokens,
                 sampler=samplers.get(s.job.sampling, s.job.seed),
                 cache=None if s.cache is None else s.cache.cache,
-                cached_tokens=None if s.cache is None else s.cache.tokens,
+                cache_tokens=None if s.cache is None else s.cache.tokens,
             )
-            for s in batch
+            for s in states
         ]
-        for state, uid in zip(batch, self.batch.insert(entries)):
-            self._register(state, uid, now, RequestStatus.RUNNING)
+        for state, uid in zip(states, self.batch.insert(entries)):
+            try:
+                self._register(state, uid, now, RequestStatus.RUNNING)
+            except Exception as exc:  # noqa: BLE001 - fails this request only
+                self._to_remove[uid] = state
+                self._fail(state, _as_provider_error(exc, "could not start the request"))
 
     def _start_solo(self, state: RequestState, now: float) -> None:
         hit = state.cache
@@ -214,7 +223,7 @@ class EngineCore:
             solo.end()
             self.active.pop(old, None)
             self._returned(old, None, None)
-            self._fail(state, as_provider_error(exc, "moving the request into the batch failed"))
+            self._fail(state, _as_provider_error(exc, "moving the request into the batch failed"))
             return
         del self.active[old]
         state.uid, state.status = uid, RequestStatus.RUNNING
@@ -235,7 +244,7 @@ class EngineCore:
         except Exception as exc:
             log.exception("the solo decode step failed")
             self._end_solo(keep_cache=False)
-            self._fail(state, as_provider_error(exc, "the decode step failed"))
+            self._fail(state, _as_provider_error(exc, "the decode step failed"))
             return
         now = time.perf_counter()
         c.model_step_s += now - t0
@@ -252,7 +261,7 @@ class EngineCore:
             ended = self._route(state, out.token, out.finish, now)
         except Exception as exc:  # noqa: BLE001 - the request fails alone
             self._end_solo(keep_cache=False)
-            self._fail(state, as_provider_error(exc, "processing a generated token failed"))
+            self._fail(state, _as_provider_error(exc, "processing a generated token failed"))
             return
         if ended:
             self._end_solo()
@@ -265,7 +274,7 @@ class EngineCore:
             step = self.batch.step()
         except Exception as exc:
             log.exception("BatchGenerator.next() failed; failing %d requests", len(self.active))
-            self._fail_active(as_provider_error(exc, "the batch step failed"))
+            self._fail_active(_as_provider_error(exc, "the batch step failed"))
             self.batch.rebuild()
             return
         now = time.perf_counter()
@@ -277,7 +286,10 @@ class EngineCore:
         if step.responses:
             c.decode_steps += 1
             c.decode_rows += len(step.responses)
-        self.cache.after_step(self.batch, step.prompt_responses)
+        try:
+            self.cache.after_step(self.batch, step.prompt_responses)
+        except Exception:  # the cache is an optimisation: never fail a request for it
+            log.exception("following prefill progress for the prompt cache failed")
         for r in step.responses:
             if r.finish_reason is not None:
                 self._returned(r.uid, r.all_tokens, r.prompt_cache)
@@ -293,11 +305,12 @@ class EngineCore:
                 self.active.pop(r.uid, None)
                 if r.finish_reason is None:
                     self._to_remove[r.uid] = state
-                self._fail(state, as_provider_error(exc, "processing a generated token failed"))
+                self._fail(state, _as_provider_error(exc, "processing a generated token failed"))
         c.generated_tokens += len(step.responses)
 
     def _route(self, state: RequestState, token: int, finish: str | None, now: float) -> bool:
-        """Route one token; True when the request ended (or was dropped: nobody reads it)."""
+        """Route one token; True when the request ended. A whole-answer request whose event
+        loop closed is dropped instead (False: the drop already removed it)."""
         if self.output.route(state, token, finish, now):
             return True
         if self.output.abandoned(state):
@@ -349,7 +362,11 @@ class EngineCore:
                 self.drop(state)
 
     def shutdown(
-        self, pending_error: Callable[[], BaseException], late: Sequence[RequestState]
+        self,
+        pending_error: Callable[[], BaseException],
+        late: Sequence[RequestState],
+        *,
+        orderly: bool,
     ) -> None:
         """Fail every request still held (and those that raced in) with a fresh
         ``pending_error()`` each, and release the generator."""
@@ -358,16 +375,18 @@ class EngineCore:
         self.scheduler.waiting.clear()
         self.active.clear()
         self.solo.end()
+        status = RequestStatus.CANCELLED if orderly else RequestStatus.FAILED
         for state in pending:
             if not state.done:
-                state.end(RequestStatus.FAILED)
+                state.end(status)
                 self.output.deliver(state, pending_error())
         self.output.flush()
         self.batch.close()
+        self.cache.fail_all()  # every lease and fork is gone with the generator
         self.cache.store.clear()  # the stored KV caches go with the model
 
 
-def as_provider_error(exc: BaseException, what: str) -> ProviderAPIError:
+def _as_provider_error(exc: BaseException, what: str) -> ProviderAPIError:
     """``exc`` as the ProviderAPIError a caller gets (the cause kept)."""
     err = ProviderAPIError(f"{what}: {type(exc).__name__}: {exc}", provider=_PROVIDER)
     err.__cause__ = exc

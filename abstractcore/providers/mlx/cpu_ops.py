@@ -188,15 +188,20 @@ def install(model: Any) -> tuple[list[str], list[str]]:
 
     from .compat import replace_module_functions
 
+    sdpa = _unwrapped(base.scaled_dot_product_attention)
     wanted: dict[str, tuple[Any, Callable[[Any], Callable[..., Any]]]] = {
-        "scaled_dot_product_attention": (base.scaled_dot_product_attention, _attention_dispatcher)
+        "scaled_dot_product_attention": (sdpa, _attention_dispatcher)
     }
-    if shutil.which("g++"):
-        wanted["swiglu"] = (activations.swiglu, _swiglu_dispatcher)
+    compiles = shutil.which("g++") is not None
+    if compiles:
+        wanted["swiglu"] = (_unwrapped(activations.swiglu), _swiglu_dispatcher)
     replaced, missing = replace_module_functions(model, wanted)
-    if not shutil.which("g++"):
-        missing.append("swiglu")
-    return replaced, missing
+    return replaced, missing if compiles else [*missing, "swiglu"]
+
+
+def _unwrapped(fn: Any) -> Any:
+    """mlx-lm's own function, also where a dispatcher of ours already stands in for it."""
+    return getattr(fn, "__wrapped__", fn)
 
 
 def enable_on_this_thread(on: bool = True) -> None:

@@ -18,6 +18,7 @@ compat.py. docs/architecture.md walks one request through these modules.
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
@@ -37,10 +38,10 @@ from ...errors import (
 from .batch import Batch
 from .cache_scheduler import CacheScheduler
 from .compat import Compat
-from .compat import check as check_versions
+from .compat import check as check_mlx_lm
 from .core import EngineCore
 from .counters import EngineCounters
-from .model_setup import set_up
+from .model_setup import ModelSetup, set_up
 from .options import EngineOptions
 from .protocol import Call, Cancel, Command, Job, Sink, Stop, Submit, put_threadsafe
 from .request_state import RequestState
@@ -66,14 +67,14 @@ class MLXEngine:
         model_path: Path,
         options: EngineOptions | None = None,
         *,
-        versions: Compat | None = None,
+        mlx_lm: Compat | None = None,
         name: str = "abstractcore-mlx-engine",
     ) -> None:
         self.model_path = Path(model_path)
         self.options = options or EngineOptions()
-        #: What the installed mlx-lm allows (compat.py); checked on the caller's thread, so
-        #: its one warning reaches the code that created the engine.
-        self.versions = versions or check_versions()
+        #: What the installed mlx-lm allows (compat.py); checked on the caller's thread, where
+        #: its one warning for an unverified version is seen.
+        self.mlx_lm = mlx_lm or check_mlx_lm()
         self.counters = EngineCounters()
         self.scheduler = Scheduler(self.options)
         #: The model's parts and the requests in them (built on the engine thread).
@@ -84,13 +85,13 @@ class MLXEngine:
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._closed = False  # set by callers: no new submissions
-        self._dead: BaseException | None = None  # set by the engine thread when it stops
-        self._orderly = False  # the thread stopped because close() asked it to
+        self._dead: BaseException | None = None  # why the engine thread stopped (once it has)
+        self._orderly = False  # it stopped because close() asked it to
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._started_at = time.perf_counter()
         self._calls: list[Call] = []
         self._stop_requested = False
-        self._setup_stats: dict[str, Any] = {"row_padding": {}, "cpu_ops": []}
+        self._setup: ModelSetup | None = None  # what load set up (its stats outlive close)
 
     # ------------------------------------------------------------------ caller side
     def start(self) -> None:
@@ -152,14 +153,16 @@ class MLXEngine:
             queued=self.scheduler.queued,
             wall_s=time.perf_counter() - self._started_at,
         )
-        stats.update(self._load_stats())
+        cache, setup = self.scheduler.cache, self._setup
+        if cache is not None:  # its store is emptied at close
+            stats["prompt_cache"] = cache.store.stats()
+        table = None if setup is None else setup.padding.table
+        stats["row_padding"] = {} if table is None else table.padded()
+        stats["cpu_ops"] = [] if setup is None else list(setup.cpu_ops)
+        stats["cpu_ops_not_replaced"] = [] if setup is None else list(setup.cpu_ops_missing)
+        if setup is not None:
+            stats["mlx_lm"] = setup.compat.stats()
         return stats
-
-    def _load_stats(self) -> dict[str, Any]:
-        """What was set up at load (kept after close, when the model is gone)."""
-        cache = self.scheduler.cache
-        out: dict[str, Any] = {} if cache is None else {"prompt_cache": cache.store.stats()}
-        return {**out, **self._setup_stats}
 
     def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
         """What the engine thread holds right now, read between two steps (diagnostics)."""
@@ -168,11 +171,13 @@ class MLXEngine:
             core = engine.core
             assert core is not None
             solo = core.solo.state
+            held = [*core.active.values(), *core.scheduler.waiting, *core.cache.deferred_states()]
             return {
                 **core.batch.snapshot(),
                 "solo_uid": None if solo is None else solo.uid,
                 "active": len(core.active),
                 "waiting": len(core.scheduler.waiting),
+                "statuses": dict(collections.Counter(s.status.value for s in held)),
                 "steps": engine.counters.steps,
             }
 
@@ -242,28 +247,24 @@ class MLXEngine:
             self._shutdown(reason)
 
     def _load(self) -> None:
-        setup = set_up(self.model_path, self.options, self.versions)
+        setup = set_up(self.model_path, self.options, self.mlx_lm)
         self.tokenizer = setup.tokenizer
         self.context_length = setup.context_length
         batch = Batch(setup.model, setup.eos, self.options, setup.stream, setup.compat)
         solo = SoloLane(setup.model, setup.stream, self.options.prefill_step_size, setup.eos)
+        path = self.model_path
         if setup.merge_reason is not None:
-            log.info("prompt caching and solo decoding are off: %s", setup.merge_reason)
+            log.info(
+                "prompt caching and solo decoding are off for %s: %s", path, setup.merge_reason
+            )
             self.solo_decode = False  # a handover merges the solo cache into the batch
         elif setup.cache_reason is not None:
-            log.info("prompt caching is off: %s", setup.cache_reason)
-        cache = CacheScheduler.for_model(
-            self.options, setup, self.scheduler.requeue, model_id=str(self.model_path)
+            log.info("prompt caching is off for %s: %s", path, setup.cache_reason)
+        self.scheduler.cache = CacheScheduler.for_model(
+            self.options, setup, self.scheduler.requeue, model_id=str(path)
         )
-        self.scheduler.cache = cache
-        self.core = EngineCore(setup, self.scheduler, batch, solo, cache, self.counters)
-        table = setup.padding.table
-        self._setup_stats = {
-            "row_padding": {} if table is None else table.padded(),
-            "cpu_ops": list(setup.cpu_ops),
-            "cpu_ops_not_replaced": list(setup.cpu_ops_missing),
-            "mlx_lm": setup.compat.stats(),
-        }
+        self.core = EngineCore(setup, self.scheduler, batch, solo, self.counters)
+        self._setup = setup
 
     def _loop(self) -> None:
         inbox = self._inbox
@@ -295,8 +296,10 @@ class MLXEngine:
             core.drop(command.state)
         elif isinstance(command, Call):
             self._calls.append(command)
-        else:
+        elif isinstance(command, Stop):
             self._stop_requested = True
+        else:
+            raise TypeError(f"unknown engine command {command!r}")
 
     def _run_calls(self) -> None:
         calls, self._calls = self._calls, []
@@ -309,7 +312,7 @@ class MLXEngine:
     def _shutdown(self, reason: BaseException | None) -> None:
         """Fail whatever is pending, release the model; runs last on the engine thread."""
         self._orderly = reason is None
-        self._dead = reason or _Stop()
+        self._dead = reason or EngineClosedError("the MLX provider is closed", provider=_PROVIDER)
         self._closed = True
         late: list[RequestState] = []
         while True:  # requests and calls that raced in after the loop stopped
@@ -327,7 +330,7 @@ class MLXEngine:
         core, self.core = self.core, None
         try:
             if core is not None:
-                core.shutdown(self._pending_error, late)
+                core.shutdown(self._pending_error, late, orderly=self._orderly)
         finally:
             del core
             gc.collect()
@@ -337,7 +340,3 @@ class MLXEngine:
                 mx.clear_cache()
             except Exception:  # best effort at teardown
                 log.debug("mx.clear_cache() failed at engine shutdown", exc_info=True)
-
-
-class _Stop(Exception):
-    """Marks an orderly shutdown (close) as the reason the engine stopped."""

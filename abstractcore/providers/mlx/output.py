@@ -6,7 +6,8 @@ lane produce (request, token, finish reason) and this turns them into text for t
 request's sink. EOS is the only token-level stop (mlx-lm's ``StopSequences`` in the
 BatchGenerator; the same rule in the solo lane) and its text is not content; stop strings are
 matched on the text (stop_strings.py). Delivery goes through the :class:`Outbox`, flushed
-once per step.
+after each stage of a step (so a caller on an event loop is woken once per stage, not once
+per token).
 """
 
 from __future__ import annotations

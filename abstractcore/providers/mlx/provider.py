@@ -118,7 +118,10 @@ class MLXProvider(BaseProvider):
         started alone, without the batch machinery), solo_handovers (of those, the ones
         moved into the batch when another request arrived), row_padding (row counts whose
         dense products run padded, and to what), cpu_ops (the model functions replaced by
-        faster CPU formulations: ``fast_cpu_ops``), and ``prompt_cache`` (enabled, reason,
+        faster CPU formulations: ``fast_cpu_ops``), cpu_ops_not_replaced (those no module of
+        the model calls by name), mlx_lm (the installed version, whether the engine's
+        speedups were verified against it, and what is off if not: compat.py), and
+        ``prompt_cache`` (enabled, reason,
         entries, bytes, budget, hits, misses, evictions, tokens_saved, in_use, keyed_entries,
         prefix_nodes)."""
         return self._engine.stats()

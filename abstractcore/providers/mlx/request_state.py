@@ -1,9 +1,10 @@
 """One request as the engine thread tracks it, and the states it moves through.
 
-QUEUED (in the scheduler's queue) -> DEFERRED (held back until a fork's lead has prefilled
-the shared prefix; then QUEUED again) -> RUNNING (in the BatchGenerator) or SOLO (decoded
-alone, solo.py; a handover makes it RUNNING) -> FINISHED, CANCELLED (the caller went away),
-FAILED (an error was delivered) or REJECTED (queue full or queue timeout).
+QUEUED (submitted, then in the scheduler's queue) -> DEFERRED (held back until a fork's lead
+has prefilled the shared prefix; then QUEUED again) -> RUNNING (in the BatchGenerator) or SOLO
+(decoded alone, solo.py; a handover makes it RUNNING) -> FINISHED, CANCELLED (the caller went
+away, or the engine was closed), FAILED (an error was delivered) or REJECTED (queue full or
+queue timeout).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RequestState:
     # Set by the caller side (any thread): the engine drops the request at its next step.
     cancelled: bool = False
     # Engine-thread state.
-    status: RequestStatus = field(default_factory=lambda: RequestStatus.QUEUED)
+    status: RequestStatus = RequestStatus.QUEUED
     uid: int | None = None
     admitted_at: float | None = None
     first_token_at: float | None = None

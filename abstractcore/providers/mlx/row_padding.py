@@ -343,12 +343,12 @@ def apply(model: Any, table: RowPadding) -> int:
     names and the parameter tree stay exactly as they are (nothing is copied or
     re-initialised).
     """
-    from .compat import swap_layer_class
+    from .compat import set_layer_class
 
     mods = padded_modules(model)
     for mod in mods:
         if type(mod) not in _padded_classes.values():
-            swap_layer_class(mod, _padded_class(type(mod)))
+            set_layer_class(mod, _padded_class(type(mod)))
         mod.row_padding = table  # not an array: a plain attribute, outside the parameters
     return len(mods)
 
@@ -356,12 +356,12 @@ def apply(model: Any, table: RowPadding) -> int:
 def remove(model: Any) -> int:
     """Undo :func:`apply`: the layers get their own classes back (and no padding overhead:
     the engine's lone request, whose single row is never padded, runs them plain)."""
-    from .compat import restore_layer_class
+    from .compat import set_layer_class
 
     plain = {padded: base for base, padded in _padded_classes.items()}
     mods = [m for _, m in model.named_modules() if type(m) in plain]
     for mod in mods:
-        restore_layer_class(mod, plain[type(mod)])
+        set_layer_class(mod, plain[type(mod)])
     return len(mods)
 
 

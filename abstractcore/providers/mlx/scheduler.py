@@ -3,12 +3,14 @@
 The engine asks the scheduler once per step for the requests to admit (:meth:`take`): up to
 the free batch slots, minus those the cache scheduler defers behind a fork's lead (a wave
 whose prompts share a prefix prefills it once, cache_scheduler.py), and in the order that
-wastes least prefill (:meth:`order`). Everything here runs on the engine thread.
+wastes least prefill (:meth:`order`). Everything here runs on the engine thread, except
+:attr:`Scheduler.queued`, which other threads read for stats.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Collection, Iterable
 
 from .cache_scheduler import CacheScheduler
@@ -16,6 +18,8 @@ from .options import EngineOptions
 from .request_state import RequestState, RequestStatus
 
 __all__ = ["Scheduler"]
+
+log = logging.getLogger(__name__)
 
 
 class Scheduler:
@@ -78,10 +82,13 @@ class Scheduler:
             batch.append(self.waiting.popleft())
         if cache is None or not batch:
             return batch
-        kept = cache.plan(batch, active)
-        for s in batch:
-            if s not in kept:
-                s.status = RequestStatus.DEFERRED
+        try:
+            kept = cache.plan(batch, active)
+        except Exception:  # forks save prefill; a planning failure must not lose requests
+            log.exception("planning prompt-cache forks failed; admitting without forking")
+            return batch
+        for s in set(batch) - set(kept):
+            s.status = RequestStatus.DEFERRED
         return kept
 
     def order(self, batch: list[RequestState]) -> None:
@@ -93,7 +100,7 @@ class Scheduler:
         leads = self.cache.leads if self.cache is not None else (lambda s: False)
         batch.sort(key=lambda s: (not leads(s), len(s.job.prompt_tokens) - s.cached_tokens))
 
-    def solo_fits(self, batch: list[RequestState], active: int) -> bool:
+    def runs_solo(self, batch: list[RequestState], active: int) -> bool:
         """True when ``batch`` is one request arriving at an otherwise idle engine."""
         if not self.solo_decode or len(batch) != 1 or active or self.waiting:
             return False

@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .batch import Batch, Insert
+
 if TYPE_CHECKING:
-    from .batch import Batch
     from .request_state import RequestState
 
 __all__ = ["Handover", "SoloDecode", "SoloLane", "SoloStep"]
@@ -224,8 +225,6 @@ class SoloLane:
         """Move the request into ``batch``, which continues it exactly: (its new uid, the
         tokens its KV cache holds). A token in flight must be read first
         (``step(queue_next=False)``); if the insert raises, the request stays here."""
-        from .batch import Insert
-
         decode = self.decode
         assert decode is not None
         h = decode.handover()
@@ -236,7 +235,7 @@ class SoloLane:
                     max_tokens=h.max_tokens,
                     sampler=decode.sampler,
                     cache=h.cache,
-                    cached_tokens=None if h.cache is None else h.tokens,
+                    cache_tokens=None if h.cache is None else h.tokens,
                 )
             ]
         )

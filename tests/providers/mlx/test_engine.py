@@ -129,6 +129,39 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(
 
 
 @pytest.mark.mlx
+@pytest.mark.anyio
+async def test_a_lone_request_whose_cache_lookup_fails_gets_its_error(
+    mlx_llm: Any, assert_engine_empty: Any
+) -> None:
+    """Nothing else runs, so no step follows: the error must still reach an async caller."""
+
+    def break_next_lookup(engine: Any) -> None:
+        cache = engine.core.cache
+        original = cache.checkout
+
+        def checkout(state: Any) -> Any:
+            cache.checkout = original
+            raise RuntimeError("injected lookup failure")
+
+        cache.checkout = checkout
+
+    await asyncio.to_thread(mlx_llm.engine.call, break_next_lookup)
+    with pytest.raises(ProviderAPIError, match="prompt cache lookup failed"):
+        await asyncio.wait_for(mlx_llm.agenerate("Hi", max_output_tokens=4), timeout=60)
+    assert (await mlx_llm.agenerate("Hi", max_output_tokens=4)).content
+    assert_engine_empty(mlx_llm)
+
+
+@pytest.mark.mlx
+def test_snapshot_counts_the_requests_by_status(mlx_llm: Any) -> None:
+    stream = mlx_llm.stream(LONG, max_output_tokens=300)
+    next(stream)
+    assert mlx_llm.engine.snapshot()["statuses"] == {"solo": 1}  # alone: the solo lane
+    stream.close()
+    assert mlx_llm.engine.snapshot()["statuses"] == {}
+
+
+@pytest.mark.mlx
 def test_a_failing_request_fails_alone(mlx_llm: Any, prompts: list[str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
