@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ._schema import check_json_schema, describe_pydantic_errors, schema_errors
 from .errors import InvalidRequestError
 
-__all__ = ["ResponseFormat", "response_format_from", "strict_schema"]
+__all__ = ["ResponseFormat", "closed_schema", "response_format_from", "strict_schema"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # One Markdown code fence around the whole reply (```json ... ```), which models add when
@@ -141,6 +141,30 @@ def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
     with optional properties or open extra properties)."""
     out = copy.deepcopy(dict(schema))
     return out if _close_objects(out) else None
+
+
+def closed_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with every object that does not say otherwise closed to extra properties
+    (``additionalProperties: false``): what a pydantic model accepts anyway (it ignores or
+    refuses extras), and what keeps a constrained model from inventing fields until its
+    tokens run out."""
+    out = copy.deepcopy(dict(schema))
+    _default_closed(out)
+    return out
+
+
+def _default_closed(node: Any) -> None:
+    if isinstance(node, list):
+        for x in node:
+            _default_closed(x)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "object" or "properties" in node:
+        node.setdefault("additionalProperties", False)
+    for k, v in node.items():
+        if k not in ("enum", "const", "default", "examples"):
+            _default_closed(v)
 
 
 def _close_objects(node: Any) -> bool:

@@ -10,7 +10,10 @@ from ..errors import ProviderAPIError, ToolCallError
 from ..types import ToolCall, ToolCallDelta
 from .definition import Tool
 
-__all__ = ["ToolCallAssembler", "validate_tool_calls"]
+__all__ = ["UNREADABLE_CALL", "ToolCallAssembler", "validate_tool_calls"]
+
+#: The name a parser gives a tool call it could not read (its text is the arguments).
+UNREADABLE_CALL = "(unreadable tool call)"
 
 
 @dataclass
@@ -72,6 +75,13 @@ def validate_tool_calls(calls: Sequence[ToolCall], tools: Sequence[Tool]) -> lis
     out: list[ToolCall] = []
     for call in calls:
         tool = by_name.get(call.name)
+        if call.name == UNREADABLE_CALL:
+            raise ToolCallError(
+                f"the model wrote a tool call that could not be read: {call.raw_arguments!r}",
+                tool_name=call.name,
+                raw=call.raw_arguments,
+                errors="not a tool call in the model's format",
+            )
         if tool is None:
             offered = ", ".join(by_name) or "none"
             raise ToolCallError(

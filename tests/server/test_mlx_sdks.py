@@ -187,3 +187,106 @@ async def test_anthropic_async_and_errors(mlx_server: ServerProcess) -> None:
             await bad.messages.create(
                 model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}]
             )
+
+
+# ---------------------------------------------------------------------- grammars, tools, logprobs
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+        },
+    },
+}
+PARIS_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_openai_parse_with_a_pydantic_model(oai: openai.OpenAI) -> None:
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Pet(BaseModel):
+        kind: Literal["cat", "dog", "fish"]
+        name: str = Field(max_length=12)
+
+    r = oai.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a pet."}],
+        response_format=Pet,
+        max_tokens=40,
+    )
+    assert isinstance(r.choices[0].message.parsed, Pet)
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_openai_forced_tool_call_streamed_and_not(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(
+        model=MODEL, messages=PARIS_WEATHER, tools=[WEATHER], tool_choice="required",
+        max_tokens=60,
+    )  # fmt: skip
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and "city" in call.function.arguments
+    with oai.chat.completions.stream(
+        model=MODEL,
+        messages=PARIS_WEATHER,
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=60,
+    ) as stream:
+        final = stream.get_final_completion()
+    streamed = final.choices[0].message.tool_calls or []
+    assert [c.function.arguments for c in streamed] == [call.function.arguments]
+    followed = oai.chat.completions.create(
+        model=MODEL,
+        messages=[
+            *PARIS_WEATHER,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+        ],
+        tools=[WEATHER],
+        tool_choice="none",
+        max_tokens=12,
+    )
+    assert followed.choices[0].message.content and not followed.choices[0].message.tool_calls
+
+
+def test_openai_logprobs(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(
+        model=MODEL, messages=FRANCE, max_tokens=6, logprobs=True, top_logprobs=2
+    )
+    content = r.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content and len(content) == r.usage.completion_tokens  # type: ignore[union-attr]
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+
+
+def test_anthropic_tool_use(claude: anthropic.Anthropic) -> None:
+    tool = {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "input_schema": WEATHER["function"]["parameters"],  # type: ignore[index]
+    }
+    msg = claude.messages.create(
+        model=MODEL, max_tokens=60, messages=PARIS_WEATHER, tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "get_weather"},
+    )  # fmt: skip
+    assert msg.stop_reason == "tool_use"
+    (use,) = [b for b in msg.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and "city" in use.input  # type: ignore[operator]
+    with claude.messages.stream(
+        model=MODEL,
+        max_tokens=60,
+        messages=PARIS_WEATHER,
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "any"},
+    ) as stream:
+        final = stream.get_final_message()
+    (streamed,) = [b for b in final.content if b.type == "tool_use"]
+    assert streamed.input == use.input  # type: ignore[union-attr]

@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Insert:
     """One request for ``BatchGenerator.insert``: the prompt tokens still to prefill, the
-    KV cache covering the token ids ``cache_tokens`` before them (None: cold), its sampler."""
+    KV cache covering the token ids ``cache_tokens`` before them (None: cold), its sampler,
+    its logits processors (a grammar), and whether its log-probabilities are read."""
 
     prompt: list[int]
     max_tokens: int
     sampler: Callable[[Any], Any]
     cache: list[Any] | None = None
     cache_tokens: list[int] | None = None
+    processors: tuple[Any, ...] = ()
+    logprobs: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,8 @@ class Batch:
         self._options = options
         self._stream = stream
         self._compat = compat_info
+        #: The rows whose log-probabilities are read (the greedy step computes only those).
+        self.logprob_uids: set[int] = set()
         self.generator: Any = self._new()
 
     def _new(self) -> Any:
@@ -77,20 +82,27 @@ class Batch:
             stream=self._stream,
         )
         if self._compat.allows("greedy_step"):
-            compat.install_greedy_step(gen)
+            compat.install_greedy_step(gen, self.logprob_uids)
         return gen
 
     def insert(self, entries: Sequence[Insert]) -> list[int]:
         """Add requests; their uids, in order."""
         hits = any(e.cache is not None for e in entries)
+        processors = any(e.processors for e in entries)
         uids: list[int] = self.generator.insert(
             [e.prompt for e in entries],
             max_tokens=[e.max_tokens for e in entries],
             caches=[e.cache for e in entries] if hits else None,
             all_tokens=[e.cache_tokens or [] for e in entries] if hits else None,
             samplers=[e.sampler for e in entries],
+            logits_processors=[list(e.processors) for e in entries] if processors else None,
         )
+        self.logprob_uids.update(u for u, e in zip(uids, entries) if e.logprobs)
         return uids
+
+    def forget(self, uid: int) -> None:
+        """The request ``uid`` left the batch."""
+        self.logprob_uids.discard(uid)
 
     def step(self) -> BatchStep:
         """One ``next()``: a prefill chunk for the prefilling rows, a token for the others."""
@@ -124,6 +136,7 @@ class Batch:
     def rebuild(self) -> None:
         """Replace the generator (after a step failed: its state is unknown)."""
         self.close()
+        self.logprob_uids.clear()  # every row was failed
         self.generator = self._new()
 
     def close(self) -> None:

@@ -132,21 +132,33 @@ def _greedy_batch_class() -> type[Any]:
         per row every step, because a sampler may want log-probabilities; a greedy sampler
         does not (the arg-max of ``logits - c`` is the arg-max of ``logits``). With
         SmolLM2's 49152-token vocabulary on the 2-core CPU that was ~80 ms of a 350 ms
-        32-row step. Any batch with a sampling row or a logits processor runs mlx-lm's own
-        step; responses of a shortcut step carry an empty array as ``logprobs``.
+        32-row step. So when every row is greedy:
+
+        - the log-probabilities are computed only for the rows in ``_logprob_uids`` (the
+          requests that asked for them); the others' responses carry an empty array;
+        - rows constrained by a grammar (processors with ``batched_mask``, grammar.py) are
+          masked together, one boolean matrix for the step, where mlx-lm's step calls each
+          row's processor on its own slice.
+
+        A batch with a sampling row or another kind of logits processor runs mlx-lm's own
+        step, which computes (and returns) every row's log-probabilities.
         """
 
         _no_logprobs: Any
+        _logprob_uids: set[int]
 
-        def _all_greedy(self) -> bool:
+        def _fast(self) -> bool:
             b: Any = self  # mlx-lm declares these attributes loosely (None until filled)
-            if not b.samplers or any(b.logits_processors):
+            if not b.samplers:
                 return False
             fallback = b.fallback_sampler
-            return all((fallback if s is None else s) is greedy_sampler for s in b.samplers)
+            if not all((fallback if s is None else s) is greedy_sampler for s in b.samplers):
+                return False
+            procs = [p for row in (b.logits_processors or ()) for p in (row or ())]
+            return all(getattr(p, "batched_mask", False) for p in procs)
 
         def _step(self) -> tuple[list[int], list[Any]]:
-            if not self._all_greedy():
+            if not self._fast():
                 return super()._step()
             import mlx.core as mx
 
@@ -156,9 +168,12 @@ def _greedy_batch_class() -> type[Any]:
             b._current_logprobs = b._next_logprobs
             inputs = b._current_tokens
             logits = b.model(inputs[:, None], cache=b.prompt_cache)[:, -1, :]
+            rows = [(i, procs) for i, procs in enumerate(b.logits_processors or ()) if procs]
+            if rows:
+                logits = _mask_grammar_rows(logits, inputs, rows)
             b._next_tokens = mx.argmax(logits, axis=-1)
-            b._next_logprobs = [b._no_logprobs] * len(b.uids)
-            mx.async_eval(b._next_tokens)  # type: ignore[no-untyped-call]
+            b._next_logprobs = _wanted_logprobs(logits, b.uids, b._logprob_uids, b._no_logprobs)
+            mx.async_eval(b._next_tokens, b._next_logprobs)  # type: ignore[no-untyped-call]
             mx.eval(inputs, b._current_logprobs)
             tokens: list[int] = inputs.tolist()
             for context, token in zip(b.tokens, tokens):
@@ -168,9 +183,10 @@ def _greedy_batch_class() -> type[Any]:
     return GreedyGenerationBatch
 
 
-def install_greedy_step(generator: Any) -> bool:
+def install_greedy_step(generator: Any, logprob_uids: set[int] | None = None) -> bool:
     """Make ``generator``'s generation batch (the one every new batch is merged into) skip
-    log-probabilities on all-greedy steps; False when it is not mlx-lm's own class."""
+    log-probabilities on all-greedy steps except for the rows in ``logprob_uids`` (a set
+    the caller keeps up to date); False when it is not mlx-lm's own class."""
     import mlx.core as mx
     from mlx_lm.generate import GenerationBatch
 
@@ -179,7 +195,42 @@ def install_greedy_step(generator: Any) -> bool:
         return False
     batch.__class__ = _greedy_batch_class()
     batch._no_logprobs = mx.zeros((0,))  # type: ignore[attr-defined]
+    batch._logprob_uids = set() if logprob_uids is None else logprob_uids  # type: ignore[attr-defined]
     return True
+
+
+def _mask_grammar_rows(logits: Any, inputs: Any, rows: list[tuple[int, Any]]) -> Any:
+    """``logits`` with each constrained row narrowed to the tokens its grammar allows. The
+    grammars first consume this step's input token (the one sampled last step), so the
+    inputs are read now: constrained steps wait for the previous step to finish."""
+    import mlx.core as mx
+    import numpy as np
+
+    from .grammar import allowed_tokens
+
+    mx.eval(inputs)
+    tokens = inputs.tolist()
+    vocab = logits.shape[-1]
+    words = np.full((logits.shape[0], (vocab + 31) // 32), -1, dtype=np.int32)
+    for i, procs in rows:
+        for proc in procs:
+            proc.observe(tokens[i])
+            proc.fill(words[i])
+    return mx.where(allowed_tokens(words, vocab), logits, -mx.inf)
+
+
+def _wanted_logprobs(logits: Any, uids: list[int], wanted: set[int], empty: Any) -> list[Any]:
+    """Each row's log-probabilities, computed only for the rows in ``wanted``."""
+    import mlx.core as mx
+
+    rows = [i for i, uid in enumerate(uids) if uid in wanted]
+    out = [empty] * len(uids)
+    if rows:
+        picked = logits[mx.array(rows)]
+        normalized = picked - mx.logsumexp(picked, axis=-1, keepdims=True)
+        for j, i in enumerate(rows):
+            out[i] = normalized[j]
+    return out
 
 
 # ---------------------------------------------------------------------- generator_snapshot

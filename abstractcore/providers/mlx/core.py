@@ -27,7 +27,7 @@ from .batch import Batch, Insert
 from .cache_scheduler import CacheScheduler
 from .counters import EngineCounters
 from .model_setup import ModelSetup
-from .output import OutputProcessor
+from .output import OutputProcessor, token_scores
 from .protocol import Sink
 from .request_state import RequestState, RequestStatus
 from .scheduler import Scheduler
@@ -175,6 +175,8 @@ class EngineCore:
                 sampler=samplers.get(s.job.sampling, s.job.seed),
                 cache=None if s.cache is None else s.cache.cache,
                 cache_tokens=None if s.cache is None else s.cache.tokens,
+                processors=_processors(s),
+                logprobs=s.job.top_logprobs is not None,
             )
             for s in states
         ]
@@ -189,7 +191,11 @@ class EngineCore:
         hit = state.cache
         sampler = self.setup.samplers.get(state.job.sampling, state.job.seed)
         uid = self.solo.start(
-            state, sampler, None if hit is None else hit.cache, state.cached_tokens
+            state,
+            sampler,
+            None if hit is None else hit.cache,
+            state.cached_tokens,
+            _processors(state),
         )
         self._register(state, uid, now, RequestStatus.SOLO)
         self.counters.solo_requests += 1
@@ -258,7 +264,7 @@ class EngineCore:
         c.decode_rows += 1
         c.generated_tokens += 1
         try:
-            ended = self._route(state, out.token, out.finish, now)
+            ended = self._route(state, out.token, out.finish, now, out.logprobs)
         except Exception as exc:  # noqa: BLE001 - the request fails alone
             self._end_solo(keep_cache=False)
             self._fail(state, _as_provider_error(exc, "processing a generated token failed"))
@@ -297,7 +303,7 @@ class EngineCore:
             if state is None:
                 continue  # dropped while its token was in flight
             try:
-                if self._route(state, r.token, r.finish_reason, now):
+                if self._route(state, r.token, r.finish_reason, now, r.logprobs):
                     del self.active[r.uid]
                     if r.finish_reason is None:
                         self._to_remove[r.uid] = state  # ended on a stop string
@@ -308,10 +314,19 @@ class EngineCore:
                 self._fail(state, _as_provider_error(exc, "processing a generated token failed"))
         c.generated_tokens += len(step.responses)
 
-    def _route(self, state: RequestState, token: int, finish: str | None, now: float) -> bool:
+    def _route(
+        self, state: RequestState, token: int, finish: str | None, now: float, logprobs: Any
+    ) -> bool:
         """Route one token; True when the request ended. A whole-answer request whose event
-        loop closed is dropped instead (False: the drop already removed it)."""
-        if self.output.route(state, token, finish, now):
+        loop closed is dropped instead (False: the drop already removed it). ``logprobs`` is
+        the row the token was sampled from (read only when the request asked for them)."""
+        job = state.job
+        if finish is not None and job.grammar is not None and job.grammar.error is not None:
+            raise RuntimeError(f"the grammar matcher failed: {job.grammar.error}")
+        scores = None
+        if job.top_logprobs is not None and finish != "stop":  # EOS's text is not content
+            scores = token_scores(logprobs, token, job.top_logprobs)
+        if self.output.route(state, token, finish, now, scores):
             return True
         if self.output.abandoned(state):
             self.drop(state)
@@ -328,6 +343,7 @@ class EngineCore:
 
     # ------------------------------------------------------------------ endings
     def _returned(self, uid: int, tokens: Any, cache: Any) -> None:
+        self.batch.forget(uid)
         try:
             self.cache.returned(uid, tokens, cache)
         except Exception:  # the cache is an optimisation: never fail a request for it
@@ -397,3 +413,8 @@ def _copy_error(exc: ProviderAPIError) -> ProviderAPIError:
     err = ProviderAPIError(str(exc), provider=exc.provider)
     err.__cause__ = exc.__cause__
     return err
+
+
+def _processors(state: RequestState) -> tuple[Any, ...]:
+    """The request's logits processors: its grammar, if it has one."""
+    return () if state.job.grammar is None else (state.job.grammar,)

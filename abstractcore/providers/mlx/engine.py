@@ -81,6 +81,7 @@ class MLXEngine:
         self.core: EngineCore | None = None
         self.tokenizer: Any = None
         self.context_length: int | None = None
+        self.vocab_size = 0
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -250,6 +251,7 @@ class MLXEngine:
         setup = set_up(self.model_path, self.options, self.mlx_lm)
         self.tokenizer = setup.tokenizer
         self.context_length = setup.context_length
+        self.vocab_size = setup.vocab_size
         batch = Batch(setup.model, setup.eos, self.options, setup.stream, setup.compat)
         solo = SoloLane(setup.model, setup.stream, self.options.prefill_step_size, setup.eos)
         path = self.model_path

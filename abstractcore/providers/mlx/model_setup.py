@@ -38,6 +38,7 @@ class ModelSetup:
     padding: PaddingSwitch
     compat: compat.Compat
     context_length: int | None = None
+    vocab_size: int = 0  # the width of the logits (a grammar's masks cover it)
     cpu_ops: list[str] = field(default_factory=list)
     cpu_ops_missing: list[str] = field(default_factory=list)
     merge_reason: str | None = None
@@ -93,6 +94,7 @@ def set_up(path: Path, options: EngineOptions, versions: compat.Compat) -> Model
         padding=PaddingSwitch(model, table),
         compat=versions,
         context_length=getattr(args, "max_position_embeddings", None),
+        vocab_size=vocab,
         cpu_ops=replaced,
         cpu_ops_missing=missing,
         merge_reason=merge_reason,

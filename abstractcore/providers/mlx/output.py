@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from .counters import EngineCounters
-from .protocol import Outbox, Sink
+from .protocol import Outbox, Piece, Sink, TokenScores
 from .request_state import RequestState, RequestStatus
 from .stop_strings import StopMatcher
 
-__all__ = ["OutputProcessor"]
+__all__ = ["OutputProcessor", "token_scores"]
 
 
 class OutputProcessor:
@@ -35,8 +35,16 @@ class OutputProcessor:
         if state.job.stop:
             state.stops = StopMatcher(state.job.stop)
 
-    def route(self, state: RequestState, token: int, finish: str | None, now: float) -> bool:
-        """Deliver one token's text; True when the request ended."""
+    def route(
+        self,
+        state: RequestState,
+        token: int,
+        finish: str | None,
+        now: float,
+        scores: TokenScores | None = None,
+    ) -> bool:
+        """Deliver one token's text (and its ``scores``, for a request with logprobs); True
+        when the request ended."""
         if state.first_token_at is None:
             state.first_token_at = now
         detok = state.detokenizer
@@ -44,6 +52,8 @@ class OutputProcessor:
             self._finish(state, _finalize(detok), "stop", now)
             return True
         state.completion_tokens += 1
+        if scores is not None:
+            state.scores.append(scores)
         detok.add_token(token)
         text = detok.last_segment
         if finish == "length":
@@ -87,10 +97,13 @@ class OutputProcessor:
 
     def _emit(self, state: RequestState, text: str) -> None:
         """A piece of text: sent now to a stream, held until the Final for a whole answer."""
-        if state.sink.streaming:
-            self.outbox.put(state.sink, text)
-        else:
+        if not state.sink.streaming:
             state.held.append(text)
+        elif state.scores:
+            self.outbox.put(state.sink, Piece(text, tuple(state.scores)))
+            state.scores.clear()
+        else:
+            self.outbox.put(state.sink, text)
 
     @staticmethod
     def abandoned(state: RequestState) -> bool:
@@ -104,3 +117,21 @@ def _finalize(detok: Any) -> str:
     """The detokenizer's held-back text; a UTF-8 character cut off by the end is dropped."""
     detok.finalize()
     return str(detok.last_segment).rstrip("\ufffd")
+
+
+def token_scores(logprobs: Any, token: int, k: int) -> TokenScores:
+    """``token``'s log-probability in ``logprobs`` (one row, MLX) and the ``k`` best tokens,
+    read off the engine thread's arrays."""
+    import mlx.core as mx
+
+    chosen = logprobs[token]
+    if k <= 0:
+        return token, float(chosen.item()), ()
+    ids = mx.argpartition(-logprobs, kth=k - 1)[:k]
+    values = logprobs[ids]
+    order = mx.argsort(-values)
+    ids, values = ids[order], values[order]
+    mx.eval(chosen, ids, values)
+    id_list: list[int] = ids.tolist()  # type: ignore[assignment]
+    value_list: list[float] = values.tolist()
+    return token, float(chosen.item()), tuple(zip(id_list, value_list))

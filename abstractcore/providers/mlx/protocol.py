@@ -32,17 +32,24 @@ __all__ = [
     "Final",
     "Job",
     "Outbox",
+    "Piece",
     "Sink",
     "Stop",
     "Submit",
     "ThreadSink",
+    "TokenScores",
     "put_threadsafe",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """What the provider submits: token ids and the per-request generation settings."""
+    """What the provider submits: token ids and the per-request generation settings.
+
+    ``grammar`` (a grammar.RowGrammar, compiled on the caller's thread) constrains the
+    tokens; ``top_logprobs`` (0-20) asks for each token's log-probability and that many
+    alternatives, None for none.
+    """
 
     prompt_tokens: list[int]
     max_tokens: int
@@ -50,6 +57,22 @@ class Job:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     prompt_cache_key: str | None = None
+    grammar: Any = None
+    top_logprobs: int | None = None
+
+
+#: One generated token's scores: (token id, log-probability, ((id, log-probability), ...) of
+#: the most likely tokens at its position, best first).
+TokenScores = tuple[int, float, tuple[tuple[int, float], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Streamed text with the scores of the tokens it came from (requests with logprobs; the
+    others get plain ``str`` pieces)."""
+
+    text: str
+    scores: tuple[TokenScores, ...]
 
 
 @dataclass(slots=True)
@@ -65,6 +88,7 @@ class Final:
     ttft_s: float | None
     total_s: float
     decode_tokens_per_s: float | None
+    scores: tuple[TokenScores, ...] = ()
 
 
 # ---------------------------------------------------------------------- commands

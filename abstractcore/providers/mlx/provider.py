@@ -1,10 +1,11 @@
 """MLXProvider: the thin face of the in-process MLX engine.
 
-It validates a request, renders the chat template into token ids on the caller's thread,
-checks the context window, and submits the job to the engine thread. Streaming is the
-primitive: ``generate`` drains the same item stream as ``stream`` (one that the engine sends
-as a single Final, since nobody reads the pieces); async callers are fed through
-``call_soon_threadsafe`` and never block their event loop.
+It validates a request, turns it into a Job on the caller's thread (jobs.py: the chat
+template, the context window, grammars), and submits the job to the engine thread; what
+comes back becomes chunks and responses (responses.py: tool calls read out, logprobs).
+Streaming is the primitive: ``generate`` drains the same item stream as ``stream`` (one
+that the engine sends as a single Final, since nobody reads the pieces); async callers are
+fed through ``call_soon_threadsafe`` and never block their event loop.
 """
 
 from __future__ import annotations
@@ -13,27 +14,24 @@ import asyncio
 import contextlib
 import os
 import queue
-import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
-from ...errors import ContextLengthError, InvalidRequestError, RequestTimeoutError
+from ...errors import InvalidRequestError, RequestTimeoutError
 from ...request import GenerationRequest
-from ...types import GenerateResponse, Message, StreamChunk, Timing, Usage
+from ...types import GenerateResponse, StreamChunk
 from ..base import BaseProvider, Features, MessageInput
 from .cache_scheduler import CacheScheduler
 from .engine import MLXEngine
+from .jobs import DEFAULT_MAX_OUTPUT_TOKENS, JobBuilder, Prepared
 from .options import EngineOptions
-from .protocol import AsyncSink, Final, Job, ThreadSink
-from .sampling import SamplingParams
+from .protocol import AsyncSink, Final, Job, Piece, ThreadSink
+from .responses import Answer, TokenTexts
 
 __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "MLXProvider"]
-
-#: Output cap when a request gives no max_output_tokens (clipped to the context left).
-DEFAULT_MAX_OUTPUT_TOKENS = 1024
 
 _EXTRA_OPTIONS = ("min_p",)
 _TIMEOUT = object()  # queued by a loop timer when an async request's timeout elapses
@@ -56,9 +54,11 @@ class MLXProvider(BaseProvider):
 
     provider_name: ClassVar[str] = "mlx"
     extra_options: ClassVar[frozenset[str]] = frozenset(_EXTRA_OPTIONS)
-    # Tools, structured output and logprobs need grammar-constrained decoding and per-row
-    # log-probabilities inside the batch: until the engine has them, they are refused.
-    features: ClassVar[Features] = Features(why="not implemented in the MLX engine yet")
+    # Structured output and forced tool calls are grammars inside the batch (grammar.py);
+    # the limits of that mapping (jobs.py) are refused per request, naming the field.
+    features: ClassVar[Features] = Features(
+        tools=True, parallel_tool_calls=True, structured_output=True, logprobs=True
+    )
     default_model: ClassVar[str | None] = "smollm2-135m"
 
     def __init__(
@@ -84,8 +84,13 @@ class MLXProvider(BaseProvider):
         self._engine = MLXEngine(path, options)
         self._engine.start()
         self._closer = weakref.finalize(self, self._engine.close)
-        self._tokenizer = self._engine.tokenizer
-        self._tokenizer_lock = threading.Lock()
+        self._jobs = JobBuilder(
+            self._engine.tokenizer,
+            model_dir=path,
+            context_length=self._engine.context_length,
+            vocab_size=self._engine.vocab_size,
+        )
+        self._texts: TokenTexts | None = None
         self.model_path = path
 
     # ------------------------------------------------------------------ public extras
@@ -107,9 +112,8 @@ class MLXProvider(BaseProvider):
         system_prompt: str | None = None,
     ) -> list[int]:
         """The prompt token ids a request with these messages would be given."""
-        return self._encode(
-            self.build_request(prompt, messages=messages, system_prompt=system_prompt)
-        )
+        request = self.build_request(prompt, messages=messages, system_prompt=system_prompt)
+        return self._jobs.encode(request, [])
 
     def stats(self) -> dict[str, Any]:
         """Engine counters: active, queued, finished, cancelled, errors, tokens, steps,
@@ -123,8 +127,8 @@ class MLXProvider(BaseProvider):
         speedups were verified against it, and what is off if not: compat.py), and
         ``prompt_cache`` (enabled, reason,
         entries, bytes, budget, hits, misses, evictions, tokens_saved, in_use, keyed_entries,
-        prefix_nodes)."""
-        return self._engine.stats()
+        prefix_nodes), and ``grammars`` (cached, compiles, cache_hits, compile_s: grammar.py)."""
+        return {**self._engine.stats(), "grammars": self._jobs.grammars.stats()}
 
     def save_prompt_cache(self, key: str, path: str | os.PathLike[str]) -> Path:
         """Write the KV cache stored under ``prompt_cache_key=key`` to a safetensors file
@@ -147,67 +151,19 @@ class MLXProvider(BaseProvider):
         """Async twin of :meth:`close`; joins the engine thread off the event loop."""
         await asyncio.to_thread(self.close)
 
-    # ------------------------------------------------------------------ request -> job
-    def _encode(self, request: GenerationRequest) -> list[int]:
-        msgs = [_message_dict(m) for m in request.messages]
-        kwargs: dict[str, Any] = {"add_generation_prompt": True}
-        tok = self._tokenizer
-        with self._tokenizer_lock:  # HF fast tokenizers are not safe to share across threads
-            if getattr(tok, "chat_template", None) or getattr(tok, "_chat_template", None):
-                ids = tok.apply_chat_template(msgs, **kwargs)
-            else:
-                text = "\n\n".join(m["content"] for m in msgs)
-                ids = tok.encode(text, add_special_tokens=True)
-        return [int(i) for i in ids]
-
-    def _prepare(self, request: GenerationRequest) -> Job:
-        min_p = _check_min_p(request.extra.get("min_p"))  # extras are limited to extra_options
-        tokens = self._encode(request)
-        n = len(tokens)
-        if n == 0:
-            raise InvalidRequestError(
-                "the prompt encodes to no tokens", field="prompt", provider="mlx"
-            )
-        ctx = self._engine.context_length
-        max_tokens = request.max_output_tokens
-        if ctx is not None:
-            room = ctx - n
-            if room <= 0:
-                raise ContextLengthError(
-                    f"the prompt is {n} tokens; the model's context window is {ctx} tokens",
-                    field="messages",
-                    provider=self.provider_name,
-                )
-            if max_tokens is None:
-                max_tokens = min(DEFAULT_MAX_OUTPUT_TOKENS, room)
-            elif max_tokens > room:
-                raise ContextLengthError(
-                    f"the prompt ({n} tokens) plus max_output_tokens ({max_tokens}) exceeds "
-                    f"the model's context window of {ctx} tokens",
-                    field="max_output_tokens",
-                    provider=self.provider_name,
-                )
-        elif max_tokens is None:
-            max_tokens = DEFAULT_MAX_OUTPUT_TOKENS
-        sampling = SamplingParams(
-            temperature=request.temperature or 0.0,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=request.top_k or 0,
-            min_p=min_p,
-        )
-        return Job(
-            prompt_tokens=tokens,
-            max_tokens=max_tokens,
-            sampling=sampling,
-            seed=request.seed,
-            stop=tuple(request.stop),
-            prompt_cache_key=request.prompt_cache_key,
-        )
+    # ------------------------------------------------------------------ request -> answer
+    def _answer(self, prepared: Prepared) -> Answer:
+        texts = None
+        if prepared.job.top_logprobs is not None:
+            texts = self._texts  # built on first use: reading the vocabulary takes ~0.2 s
+            if texts is None:
+                texts = self._texts = TokenTexts(self._jobs.grammars.llg_tokenizer())
+        return Answer(self.model, self.provider_name, prepared.tool_parser(), texts)
 
     # ------------------------------------------------------------------ sync transport
     def _items(
         self, job: Job, timeout: float | None, *, streaming: bool
-    ) -> Generator[str | Final, None, None]:
+    ) -> Generator[str | Piece | Final, None, None]:
         sink = ThreadSink(streaming=streaming)
         deadline = None if timeout is None else time.monotonic() + timeout
         state = self._engine.submit(job, sink)
@@ -222,9 +178,10 @@ class MLXProvider(BaseProvider):
                         item = get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         raise _timeout_error(timeout) from None
-                if type(item) is str:
+                kind = type(item)
+                if kind is str or kind is Piece:
                     yield item
-                elif type(item) is Final:
+                elif kind is Final:
                     ended = True
                     yield item
                     return
@@ -236,28 +193,36 @@ class MLXProvider(BaseProvider):
                 self._engine.cancel(state)
 
     def _stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
-        return self._chunks(self._prepare(request), request.timeout)
+        prepared = self._jobs.build(request)
+        return self._chunks(prepared, self._answer(prepared), request.timeout)
 
-    def _chunks(self, job: Job, timeout: float | None) -> Iterator[StreamChunk]:
-        with contextlib.closing(self._items(job, timeout, streaming=True)) as items:
+    def _chunks(
+        self, prepared: Prepared, answer: Answer, timeout: float | None
+    ) -> Iterator[StreamChunk]:
+        with contextlib.closing(self._items(prepared.job, timeout, streaming=True)) as items:
             for item in items:
-                yield StreamChunk(content=item) if isinstance(item, str) else self._last_chunk(item)
+                if isinstance(item, Final):
+                    yield answer.last_chunk(item)
+                elif (chunk := answer.chunk(item)) is not None:
+                    yield chunk
 
     def _generate(self, request: GenerationRequest) -> GenerateResponse:
+        prepared = self._jobs.build(request)
+        answer = self._answer(prepared)
         parts: list[str] = []
-        job = self._prepare(request)
-        with contextlib.closing(self._items(job, request.timeout, streaming=False)) as items:
+        with contextlib.closing(
+            self._items(prepared.job, request.timeout, streaming=False)
+        ) as items:
             for item in items:
-                if isinstance(item, str):
-                    parts.append(item)
-                else:
-                    return self._response(parts, item)
+                if isinstance(item, Final):
+                    return answer.response(parts, item)
+                parts.append(item if isinstance(item, str) else item.text)
         raise AssertionError("unreachable: the item stream ends with a Final or raises")
 
     # ------------------------------------------------------------------ async transport
     async def _aitems(
         self, job: Job, timeout: float | None, *, streaming: bool
-    ) -> AsyncGenerator[str | Final, None]:
+    ) -> AsyncGenerator[str | Piece | Final, None]:
         loop = asyncio.get_running_loop()
         sink = AsyncSink(loop, streaming=streaming)
         state = self._engine.submit(job, sink)
@@ -267,9 +232,10 @@ class MLXProvider(BaseProvider):
         try:
             while True:
                 item = await get()
-                if type(item) is str:
+                kind = type(item)
+                if kind is str or kind is Piece:
                     yield item
-                elif type(item) is Final:
+                elif kind is Final:
                     ended = True
                     yield item
                     return
@@ -285,89 +251,39 @@ class MLXProvider(BaseProvider):
                 self._engine.cancel(state)
 
     def _astream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
-        return self._achunks(self._prepare(request), request.timeout)
+        prepared = self._jobs.build(request)
+        return self._achunks(prepared, self._answer(prepared), request.timeout)
 
-    async def _achunks(self, job: Job, timeout: float | None) -> AsyncIterator[StreamChunk]:
-        async with contextlib.aclosing(self._aitems(job, timeout, streaming=True)) as items:
-            async for item in items:
-                yield StreamChunk(content=item) if isinstance(item, str) else self._last_chunk(item)
-
-    async def _agenerate(self, request: GenerationRequest) -> GenerateResponse:
-        parts: list[str] = []
-        job = self._prepare(request)
+    async def _achunks(
+        self, prepared: Prepared, answer: Answer, timeout: float | None
+    ) -> AsyncIterator[StreamChunk]:
         async with contextlib.aclosing(
-            self._aitems(job, request.timeout, streaming=False)
+            self._aitems(prepared.job, timeout, streaming=True)
         ) as items:
             async for item in items:
-                if isinstance(item, str):
-                    parts.append(item)
-                else:
-                    return self._response(parts, item)
+                if isinstance(item, Final):
+                    yield answer.last_chunk(item)
+                elif (chunk := answer.chunk(item)) is not None:
+                    yield chunk
+
+    async def _agenerate(self, request: GenerationRequest) -> GenerateResponse:
+        prepared = self._jobs.build(request)
+        answer = self._answer(prepared)
+        parts: list[str] = []
+        async with contextlib.aclosing(
+            self._aitems(prepared.job, request.timeout, streaming=False)
+        ) as items:
+            async for item in items:
+                if isinstance(item, Final):
+                    return answer.response(parts, item)
+                parts.append(item if isinstance(item, str) else item.text)
         raise AssertionError("unreachable: the item stream ends with a Final or raises")
-
-    # ------------------------------------------------------------------ results
-    def _response(self, parts: list[str], final: Final) -> GenerateResponse:
-        parts.append(final.text)
-        return GenerateResponse(
-            content="".join(parts),
-            finish_reason=final.finish_reason,  # type: ignore[arg-type]
-            usage=_usage(final),
-            timing=_timing(final),
-            model=self.model,
-            provider=self.provider_name,
-        )
-
-    def _last_chunk(self, final: Final) -> StreamChunk:
-        return StreamChunk(
-            content=final.text,
-            finish_reason=final.finish_reason,  # type: ignore[arg-type]
-            usage=_usage(final),
-            timing=_timing(final),
-            model=self.model,
-            provider=self.provider_name,
-        )
-
-
-def _usage(final: Final) -> Usage:
-    return Usage(
-        prompt_tokens=final.prompt_tokens,
-        completion_tokens=final.completion_tokens,
-        cached_tokens=final.cached_tokens,
-    )
-
-
-def _timing(final: Final) -> Timing:
-    return Timing(
-        queued_s=final.queued_s,
-        ttft_s=final.ttft_s,
-        total_s=final.total_s,
-        decode_tokens_per_s=final.decode_tokens_per_s,
-    )
 
 
 def _timeout_error(timeout: float | None) -> RequestTimeoutError:
     return RequestTimeoutError(
         f"the request did not finish within timeout={timeout:g} s", provider="mlx"
     )
-
-
-def _message_dict(m: Message) -> dict[str, Any]:
-    d: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.name is not None:
-        d["name"] = m.name
-    if m.tool_call_id is not None:
-        d["tool_call_id"] = m.tool_call_id
-    return d
-
-
-def _check_min_p(value: Any) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise InvalidRequestError(
-            f"min_p must be a number in [0, 1], got {value!r}", field="min_p", provider="mlx"
-        )
-    return float(value)
 
 
 def _check_cache_key(key: Any) -> None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import Final, Job, Sink
+from .protocol import Final, Job, Sink, TokenScores
 from .stop_strings import StopMatcher
 
 __all__ = ["RequestState", "RequestStatus"]
@@ -58,6 +58,7 @@ class RequestState:
     detokenizer: Any = None
     stops: StopMatcher | None = None
     held: list[str] = field(default_factory=list)  # text for a sink that is not streaming
+    scores: list[TokenScores] = field(default_factory=list)  # logprobs not yet delivered
 
     @property
     def done(self) -> bool:
@@ -70,7 +71,7 @@ class RequestState:
         self.status = status
 
     def final(self, text: str, finish_reason: str, now: float) -> Final:
-        """The Final record for this request ending now."""
+        """The Final record for this request ending now (with the scores not yet sent)."""
         n = self.completion_tokens
         first = self.first_token_at
         decode = None
@@ -86,4 +87,5 @@ class RequestState:
             ttft_s=None if first is None else first - self.submitted_at,
             total_s=now - self.submitted_at,
             decode_tokens_per_s=decode,
+            scores=tuple(self.scores),
         )

@@ -55,6 +55,7 @@ class SoloDecode:
         prefill_step_size: int,
         cache: list[Any] | None = None,
         cached: int = 0,
+        processors: Sequence[Callable[[Any, Any], Any]] = (),
     ) -> None:
         from mlx_lm.models.cache import make_prompt_cache
 
@@ -63,6 +64,8 @@ class SoloDecode:
         self.model = model
         self.stream = stream
         self.sampler = sampler
+        #: Logits processors (a grammar), called as mlx-lm's generate_step calls them.
+        self.processors = tuple(processors)
         self.max_tokens = max_tokens
         self.prefill_step_size = prefill_step_size
         self.cache: list[Any] = cache if cache is not None else make_prompt_cache(model)
@@ -70,8 +73,10 @@ class SoloDecode:
         self.prompt_done = cached  # prompt tokens in the KV cache
         self.generated = 0
         self._todo = list(prompt[cached:])  # prompt tokens not yet fed to the model
-        self._next: Any = None  # the next token, sampled lazily by a queued forward pass
+        self._next: Any = None  # (next token, its logprobs), computed by a queued forward pass
         self._unfed: int | None = None  # the last token read, when it was not fed back
+        #: The log-probabilities the last token returned was sampled from.
+        self.last_logprobs: Any = None
 
     @property
     def pending(self) -> bool:
@@ -106,7 +111,7 @@ class SoloDecode:
             self._next = self._forward(mx.array([last]))
             self.tokens.append(last)
             self.prompt_done += 1
-        y, self._next = self._next, None
+        (y, self.last_logprobs), self._next = self._next, None
         fed = queue_next and self.generated + 1 < self.max_tokens
         if fed:
             self._next = self._forward(y)  # decode ahead while this token is read
@@ -137,26 +142,30 @@ class SoloDecode:
             max_tokens=self.max_tokens - self.generated,
         )
 
-    def _forward(self, inputs: Any) -> Any:
+    def _forward(self, inputs: Any) -> tuple[Any, Any]:
         """Queue one forward pass over ``inputs`` (shape [n]) and the sampling of its last
-        position; returns the lazily computed token (shape [1])."""
+        position; returns the lazily computed token (shape [1]) and its logprobs."""
         import mlx.core as mx
 
         logits = self.model(inputs[None], cache=self.cache)[:, -1, :]
+        for processor in self.processors:
+            logits = processor(inputs, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         y = self.sampler(logprobs)
         mx.async_eval(y)  # type: ignore[no-untyped-call]
-        return y
+        return y, logprobs[0]
 
 
 @dataclass(frozen=True, slots=True)
 class SoloStep:
     """What one solo step did: the token (None after a prefill chunk), why the request ended
-    with it (None: it goes on), and how many prompt tokens it prefilled."""
+    with it (None: it goes on), how many prompt tokens it prefilled, and the logprobs the
+    token was sampled from (one row, MLX)."""
 
     token: int | None
     finish: str | None
     prefilled: int
+    logprobs: Any = None
 
 
 class SoloLane:
@@ -182,6 +191,7 @@ class SoloLane:
         sampler: Callable[[Any], Any],
         cache: list[Any] | None,
         cached: int,
+        processors: Sequence[Callable[[Any, Any], Any]] = (),
     ) -> int:
         """Begin ``state`` (from ``cache`` covering its first ``cached`` tokens); its uid."""
         job = state.job
@@ -194,6 +204,7 @@ class SoloLane:
             prefill_step_size=self._prefill_step_size,
             cache=cache,
             cached=cached,
+            processors=processors,
         )
         self.state = state
         return next(self._uids)
@@ -211,7 +222,7 @@ class SoloLane:
         finish = "stop" if token in self._eos else None
         if finish is None and decode.generated >= decode.max_tokens:
             finish = "length"
-        return SoloStep(token, finish, prefilled)
+        return SoloStep(token, finish, prefilled, decode.last_logprobs)
 
     def end(self) -> tuple[RequestState | None, list[int], list[Any]]:
         """Stop the lane: (its request, the tokens its KV cache covers, that cache)."""
@@ -236,6 +247,8 @@ class SoloLane:
                     sampler=decode.sampler,
                     cache=h.cache,
                     cache_tokens=None if h.cache is None else h.tokens,
+                    processors=decode.processors,
+                    logprobs=self.state is not None and self.state.job.top_logprobs is not None,
                 )
             ]
         )

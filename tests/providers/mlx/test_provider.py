@@ -15,7 +15,6 @@ from abstractcore.errors import (
     ContextLengthError,
     InvalidRequestError,
     RequestTimeoutError,
-    UnsupportedFeatureError,
 )
 
 pytestmark = pytest.mark.mlx
@@ -133,43 +132,6 @@ def test_bad_engine_options_name_the_option(
     with pytest.raises(InvalidRequestError) as exc:
         MLXProvider(str(embedded_model_dir), **{option: value})
     assert exc.value.field == option
-
-
-def _weather(city: str) -> str:
-    """The weather in a city."""
-    return f"sunny in {city}"
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"tools": [_weather]}, "tools"),
-        ({"tool_choice": "required", "tools": [_weather]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"response_model": "City"}, "response_model"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
-    ],
-)
-def test_tools_structured_output_and_logprobs_are_refused_not_ignored(
-    mlx_llm: Any, kwargs: dict[str, Any], field: str
-) -> None:
-    """Until the engine decodes with grammars and returns logprobs, it says so, naming the
-    field, on every verb and before the request reaches the engine."""
-    from pydantic import BaseModel
-
-    class City(BaseModel):
-        name: str
-
-    if kwargs.get("response_model") == "City":
-        kwargs = {"response_model": City}
-    before = mlx_llm.stats()["submitted"]
-    for verb in (mlx_llm.generate, mlx_llm.stream, mlx_llm.astream):
-        with pytest.raises(UnsupportedFeatureError) as exc:
-            verb(PROMPT, **kwargs)
-        assert exc.value.field == field and "mlx" in str(exc.value)
-    with pytest.raises(UnsupportedFeatureError):
-        asyncio.run(mlx_llm.agenerate(PROMPT, **kwargs))
-    assert mlx_llm.stats()["submitted"] == before
 
 
 # ---------------------------------------------------------------------- timeouts, cancellation
