@@ -24,6 +24,8 @@ class QueryResult:
     duration_s: float = 0.0
     finish_reason: str | None = None
     error: str | None = None
+    #: For a query that asked for a schema: whether the answer is a valid object of it.
+    valid: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,6 +68,9 @@ class LevelSummary:
     per_query_tok_s_avg: float | None
     outside_model_share: float | None = None
     complete: bool = True
+    #: Completed queries that asked for a schema, and how many of their answers validated.
+    structured: int = 0
+    valid: int = 0
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -122,4 +127,6 @@ def summarize(
         per_query_tok_s_avg=_mean(per_query),
         outside_model_share=outside_model_share,
         complete=complete,
+        structured=sum(r.valid is not None for r in ok),
+        valid=sum(r.valid is True for r in ok),
     )

@@ -40,11 +40,13 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Query:
-    """One request of a level: chat messages plus per-request options."""
+    """One request of a level: chat messages plus per-request options; ``schema``, when the
+    query asks for structured output, is what its answer is validated against."""
 
     id: str
     messages: list[dict[str, str]]
     options: dict[str, Any] = field(default_factory=dict)
+    schema: dict[str, Any] | None = None
 
 
 def default_prompts_file() -> Path:

@@ -33,12 +33,13 @@ SUMMARY_COLUMNS = [
     "prompt_tokens", "output_tokens", "throughput_tok_s",
     "ttft_avg_s", "ttft_p50_s", "ttft_p95_s",
     "decode_tok_s_avg", "per_query_tok_s_avg", "outside_model_share", "complete",
+    "structured", "valid",
 ]  # fmt: skip
 
 QUERY_COLUMNS = [
     "system", "concurrency", "query_index", "prompt_id", "prompt_tokens", "output_tokens",
     "cached_tokens", "ttft_s", "duration_s", "decode_tok_s", "per_query_tok_s",
-    "finish_reason", "error",
+    "finish_reason", "error", "valid",
 ]  # fmt: skip
 
 
@@ -92,6 +93,7 @@ def write_summary_csv(path: Path, summaries: Iterable[LevelSummary]) -> None:
                 _num(s.ttft_avg_s), _num(s.ttft_p50_s), _num(s.ttft_p95_s),
                 _num(s.decode_tok_s_avg, 2), _num(s.per_query_tok_s_avg, 2),
                 _num(s.outside_model_share), "true" if s.complete else "false",
+                s.structured, s.valid,
             ])  # fmt: skip
 
 
@@ -106,6 +108,7 @@ def write_queries_csv(path: Path, results: Iterable[QueryResult]) -> None:
                 r.output_tokens, r.cached_tokens, _num(r.ttft_s), _num(r.duration_s),
                 _num(r.decode_tok_s, 2), _num(r.per_query_tok_s, 2),
                 r.finish_reason or "", r.error or "",
+                "" if r.valid is None else str(r.valid).lower(),
             ])  # fmt: skip
 
 
@@ -155,12 +158,16 @@ def format_table(summaries: Sequence[LevelSummary]) -> str:
         "system", "conc", "queries", "errors", "wall s", "tok/s", "TTFT avg s",
         "TTFT p50 s", "TTFT p95 s", "decode tok/s", "per-query tok/s",
     ]  # fmt: skip
+    structured = any(s.structured for s in summaries)
+    if structured:
+        header.append("valid JSON")
     rows = [
         [
             s.system + ("" if s.complete else " (partial)"), str(s.concurrency),
             f"{s.completed}/{s.queries}", str(s.errors), _f(s.wall_s, 1),
             _f(s.throughput_tok_s, 1), _f(s.ttft_avg_s, 2), _f(s.ttft_p50_s, 2),
             _f(s.ttft_p95_s, 2), _f(s.decode_tok_s_avg, 1), _f(s.per_query_tok_s_avg, 1),
+            *([f"{s.valid}/{s.structured}"] if structured else []),
         ]
         for s in summaries
     ]  # fmt: skip

@@ -1,7 +1,7 @@
 """Workload scenarios: how prompts become the queries of one level.
 
-``independent``, ``multiturn`` and ``shared-prefix`` are built in (the last two come from
-cache_workloads.py); :func:`register_scenario` adds others.
+``independent``, ``multiturn``, ``shared-prefix`` (those two from cache_workloads.py) and
+``structured`` are built in; :func:`register_scenario` adds others.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..errors import ConfigurationError
 from .cache_workloads import build_multiturn, build_shared_prefix
 from .prompts import Prompt, Query, select_prompts
+from .schemas import generate_schemas, schema_prompt
 
 __all__ = [
     "Query",
@@ -39,6 +40,29 @@ def _independent(prompts: Sequence[Prompt], n: int) -> list[Query]:
     ]
 
 
+def _structured(prompts: Sequence[Prompt], n: int) -> list[Query]:
+    """Every other query asks for a JSON object of its own generated schema (through
+    ``response_format``, so a backend that enforces it constrains the answer); the others
+    are the independent prompts. Answers are validated (the ``valid`` column)."""
+    schemas = generate_schemas((n + 1) // 2)
+    out: list[Query] = []
+    for i, p in enumerate(select_prompts(prompts, n)):
+        if i % 2:
+            out.append(Query(id=p.id, messages=[{"role": "user", "content": p.text}]))
+            continue
+        schema = schemas[i // 2]
+        fmt = {"type": "json_schema", "json_schema": {"name": schema["title"], "schema": schema}}
+        out.append(
+            Query(
+                id=f"schema-{schema['title']}",
+                messages=[{"role": "user", "content": schema_prompt(schema)}],
+                options={"response_format": fmt},
+                schema=schema,
+            )
+        )
+    return out
+
+
 _SCENARIOS: dict[str, Scenario] = {
     "independent": Scenario(
         "independent", "distinct single-turn prompts, no shared state", _independent
@@ -52,6 +76,11 @@ _SCENARIOS: dict[str, Scenario] = {
         "shared-prefix",
         "distinct questions behind one ~1,000-token system prompt",
         build_shared_prefix,
+    ),
+    "structured": Scenario(
+        "structured",
+        "half the queries ask for JSON of their own generated schema (response_format)",
+        _structured,
     ),
 }
 

@@ -7,14 +7,15 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigurationError, GenerationCancelledError
+from ..errors import ConfigurationError, GenerationCancelledError, StructuredOutputError
 from ..factory import available_providers, canonical_name, create_llm
 from .metrics import QueryResult
 from .mlx_lm_server import MLXLMServer
 from .scenarios import Query
+from .schemas import answer_is_valid
 from .sweep_config import ENGINE, ENGINE_STREAM, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
 from .threads import MLXThreads
 
@@ -113,6 +114,12 @@ class ProviderSystem(System):
         out = _Outcome()
         try:
             await (self._stream(kwargs, out) if self.stream else self._generate(kwargs, out))
+        except StructuredOutputError as exc:
+            if exc.response is None:
+                out.error = _describe(exc)
+            else:  # an answer that does not validate is a measured answer, not a failure
+                out.usage, out.finish = exc.response.usage, exc.response.finish_reason
+                out.text = [exc.response.content]
         except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, not a crash
             out.error = _describe(exc)
         end = time.perf_counter()
@@ -132,6 +139,7 @@ class ProviderSystem(System):
             duration_s=end - start,
             finish_reason=out.finish,
             error=out.error,
+            valid=_validity(query, "".join(out.text)),
         )
 
     async def _stream(self, kwargs: dict[str, Any], out: _Outcome) -> None:
@@ -140,6 +148,7 @@ class ProviderSystem(System):
             async for chunk in stream:
                 if chunk.content:
                     out.chunks += 1
+                    out.text.append(chunk.content)
                     if out.first is None:
                         out.first = time.perf_counter()
                 if chunk.usage is not None:
@@ -151,6 +160,7 @@ class ProviderSystem(System):
         response = await self.llm.agenerate(**kwargs)
         out.usage, out.finish = response.usage, response.finish_reason
         out.chunks = 1 if response.content else 0
+        out.text = [response.content]
         timing = response.timing
         if timing.ttft_s is not None and timing.total_s is not None:
             out.first_to_end_s = max(0.0, timing.total_s - timing.ttft_s)
@@ -181,6 +191,8 @@ class SerialMLXSystem(System):
     ``mlx_lm.generate`` drains ``stream_generate``; calling the latter directly under the same
     lock is the same work and lets us time the first token. The thread pool is our own (sized
     like asyncio's default executor) only so that its MLX threads are reaped before exit.
+    ``mlx_lm.generate`` has no structured output: a ``structured`` query's schema reaches it
+    in the prompt only (so does mlx-lm's server, which ignores ``response_format``).
     """
 
     def __init__(self, model: str) -> None:
@@ -216,6 +228,7 @@ class SerialMLXSystem(System):
             duration_s=out.get("end", time.perf_counter()) - start,
             finish_reason=out.get("finish"),
             error=error,
+            valid=_validity(query, out.get("text", "")),
         )
 
     def _generate_locked(self, query: Query, params: GenParams) -> dict[str, Any]:
@@ -231,6 +244,7 @@ class SerialMLXSystem(System):
                 mx.random.seed(params.seed)
             first: float | None = None
             last: Any = None
+            text: list[str] = []
             for last in stream_generate(
                 self._model,
                 self._tokenizer,
@@ -238,6 +252,7 @@ class SerialMLXSystem(System):
                 max_tokens=params.max_output_tokens,
                 sampler=make_sampler(temp=params.temperature),
             ):
+                text.append(last.text)
                 if first is None and last.text:
                     first = time.perf_counter()
                 if self._stop.is_set():
@@ -254,6 +269,7 @@ class SerialMLXSystem(System):
             "first": first,
             "end": end,
             "finish": finish,
+            "text": "".join(text),
         }
 
     async def close(self) -> None:
@@ -346,8 +362,15 @@ class _Outcome:
     finish: str | None = None
     error: str | None = None
     chunks: int = 0
+    text: list[str] = field(default_factory=list)
     first: float | None = None  # perf_counter() at the first content chunk (streaming)
     first_to_end_s: float | None = None  # provider-measured first token -> end (agenerate)
+
+
+def _validity(query: Query, text: str) -> bool | None:
+    """Whether a structured query's answer is a valid object of its schema (None: the query
+    asked for none). A system that cannot enforce the schema still gets it in the prompt."""
+    return None if query.schema is None else answer_is_valid(query.schema, text)
 
 
 def _describe(exc: BaseException) -> str:
