@@ -24,6 +24,17 @@ system-deps:
 	    echo "warning: OpenBLAS not found; install libopenblas0-pthread for ~30x faster MLX on CPU"; \
 	  fi; \
 	fi
+	@# nginx fronts `abstractcore cluster` (docs/scale-out.md); its tests skip without it.
+	@if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "installing nginx"; \
+	    (apt-get install -y -q nginx >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q nginx >/dev/null) || \
+	     echo "warning: could not install nginx; abstractcore cluster needs it"); \
+	  else \
+	    echo "note: nginx not found; abstractcore cluster needs it (apt-get install nginx / brew install nginx)"; \
+	  fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

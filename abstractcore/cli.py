@@ -177,8 +177,35 @@ def _add_serve_group(commands: Any) -> None:
     add_serve_parser(commands)
 
 
+def _add_cluster_group(commands: Any) -> None:
+    from abstractcore.cluster.cluster_command import add_cluster_parser
+
+    add_cluster_parser(commands)
+
+
+def _add_bench_group(commands: Any) -> None:
+    bench = commands.add_parser("bench", help="read the benchmarks' CSV files")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="{top}")
+    top = sub.add_parser("top", help="the best rows of a benchmark CSV by one column")
+    top.add_argument("file", help="a CSV the benchmark wrote (a full sweep's, a summary)")
+    top.add_argument("--field", default="throughput_tps", help="column to rank by")
+    top.add_argument("--count", type=int, default=10, help="rows to show (default: 10)")
+
+    def run(args: argparse.Namespace) -> int:
+        from abstractcore.bench.full_sweep import top_command
+
+        return top_command(args.file, args.field, args.count)
+
+    top.set_defaults(handler=run)
+
+
 # Command groups, each adding its sub-parser(s) with a `handler`.
-_COMMAND_GROUPS: list[Callable[[Any], None]] = [_add_models_group, _add_serve_group]
+_COMMAND_GROUPS: list[Callable[[Any], None]] = [
+    _add_models_group,
+    _add_serve_group,
+    _add_cluster_group,
+    _add_bench_group,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

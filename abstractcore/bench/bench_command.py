@@ -15,7 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ..cluster import POLICIES, find_nginx
 from ..errors import AbstractCoreError, ConfigurationError
+from .cluster_system import ClusterSystem, cluster_size
+from .full_sweep import run_full
 from .progress import make_progress
 from .prompts import default_prompts_file, load_prompts
 from .report import (
@@ -137,6 +140,27 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--scenario", default="independent", help="workload (default: independent)")
     p.add_argument(
+        "--instances", nargs="+", type=_positive_int, default=[], metavar="N",
+        help="also measure N instances of the model behind nginx (system cluster-N), per N",
+    )  # fmt: skip
+    p.add_argument(
+        "--policy", choices=POLICIES, default="affinity",
+        help="nginx's routing for --instances (default: affinity)",
+    )  # fmt: skip
+    p.add_argument(
+        "--full-sweep", action="store_true",
+        help="instances x --max-batch-sizes x --prefill-batch-sizes x concurrency levels, "
+        "one cluster per cell, one CSV row per level written as it is measured",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-batch-sizes", nargs="+", type=_positive_int, default=[32], metavar="N",
+        help="--full-sweep: engine max_batch_size values (default: 32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefill-batch-sizes", nargs="+", type=_positive_int, default=[8], metavar="N",
+        help="--full-sweep: prefill_batch_size values (default: 8)",
+    )  # fmt: skip
+    p.add_argument(
         "--quick", action="store_true",
         help="32 prompts x 64 tokens, greedy, concurrency 1 8 32; engine, serial, mlx-lm-server",
     )  # fmt: skip
@@ -191,6 +215,11 @@ def parse_config(
         quick=args.quick,
         server_start_timeout_s=args.server_start_timeout,
         order=args.order,
+        instances=tuple(dict.fromkeys(args.instances)),
+        policy=args.policy,
+        full_sweep=args.full_sweep,
+        max_batch_sizes=tuple(dict.fromkeys(args.max_batch_sizes)),
+        prefill_batch_sizes=tuple(dict.fromkeys(args.prefill_batch_sizes)),
     )
 
 
@@ -200,6 +229,15 @@ def _compare(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
     # The MLX baselines only make sense next to the embedded engine on the same model.
     embedded = args.provider == "mlx" and not args.profile
     return list(base["compare"]) if embedded else []
+
+
+def _build(name: str, config: BenchConfig) -> System:
+    n = cluster_size(name)
+    if n is None or name not in {f"cluster-{i}" for i in config.instances}:
+        return build_system(name, config)
+    # Every instance batches the whole level, as the embedded engine does (systems.py).
+    serve = ["--max-batch-size", str(max(32, max(config.levels)))]
+    return ClusterSystem(n, config.model, config.policy, serve, config.server_start_timeout_s)
 
 
 def main(
@@ -214,7 +252,10 @@ def main(
     try:
         prompts = load_prompts(config.prompts_file)
         plan = plan_levels(get_scenario(config.scenario), prompts, config.queries, config.levels)
-        systems = [build_system(n, config) for n in config.system_names]
+        if config.full_sweep:
+            find_nginx()
+            return run_full(config, plan, name)
+        systems = [_build(n, config) for n in config.system_names]
         for system in systems:
             system.check()
     except ConfigurationError as exc:

@@ -60,6 +60,13 @@ class BenchConfig:
     quick: bool = False
     server_start_timeout_s: float = 180.0
     order: str = INTERLEAVED
+    #: ``--instances``: a ``cluster-N`` system (N instances behind nginx) per entry.
+    instances: tuple[int, ...] = ()
+    policy: str = "affinity"
+    #: ``--full-sweep``: every (instances, max batch size, prefill batch size) cell.
+    full_sweep: bool = False
+    max_batch_sizes: tuple[int, ...] = (32,)
+    prefill_batch_sizes: tuple[int, ...] = (8,)
 
     @property
     def primary_name(self) -> str:
@@ -72,7 +79,7 @@ class BenchConfig:
     def system_names(self) -> list[str]:
         """Every measured system, primary first, in run order, without duplicates."""
         names = [self.primary_name]
-        for name in self.compare:
+        for name in [*self.compare, *(f"cluster-{n}" for n in self.instances)]:
             if name not in names:
                 names.append(name)
         return names

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from contextlib import aclosing, closing
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 
@@ -37,7 +38,25 @@ from ._http import (
 from ._retry import Attempts
 from .base import BaseProvider
 
-__all__ = ["HTTPProvider"]
+__all__ = ["PROMPT_CACHE_KEY_HEADER", "HTTPProvider", "request_headers"]
+
+#: The header that carries a request's prompt_cache_key, so that a proxy in front of several
+#: servers (nginx's ``hash $http_x_prompt_cache_key``) can route a conversation to the server
+#: that holds its cache without reading the body.
+PROMPT_CACHE_KEY_HEADER = "X-Prompt-Cache-Key"
+
+Headers = dict[str, str]
+
+
+def request_headers(request: GenerationRequest) -> Headers:
+    """Per-request HTTP headers: the prompt-cache key, when the request has one."""
+    key = request.prompt_cache_key
+    if not key:
+        return {}
+    # Header values are ASCII: any other key is sent percent-encoded (routing needs only a
+    # stable value; the body's prompt_cache_key, where the wire format has one, is exact).
+    return {PROMPT_CACHE_KEY_HEADER: key if key.isascii() and key.isprintable() else quote(key)}
+
 
 logger = logging.getLogger("abstractcore.providers.http")
 
@@ -146,14 +165,17 @@ class HTTPProvider(BaseProvider):
         body = self._wire.build_body(request, stream=False)
         timeout = self._request_timeout(request)
         start = time.perf_counter()
-        raw = self._attempts().run(lambda: self._post(body, timeout))
+        headers = request_headers(request)
+        raw = self._attempts().run(lambda: self._post(body, timeout, headers))
         return self._finish_response(raw, start, request)
 
-    def _post(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
+    def _post(self, body: dict[str, Any], timeout: httpx.Timeout, headers: Headers) -> bytes:
         client = self._sync_client()
         with (
             translate_errors(self.provider_name, receiving=False),
-            client.stream("POST", self._wire.path, json=body, timeout=timeout) as response,
+            client.stream(
+                "POST", self._wire.path, json=body, timeout=timeout, headers=headers
+            ) as response,
         ):
             if response.status_code >= 400:
                 raise self._status_error(response, self._read(response))
@@ -179,9 +201,12 @@ class HTTPProvider(BaseProvider):
     ) -> Generator[StreamChunk, None, None]:
         client = self._sync_client()
         parser = self._wire.stream_parser(request)
+        headers = request_headers(request)
         with (
             translate_errors(self.provider_name, receiving=False),
-            client.stream("POST", self._wire.path, json=body, timeout=timeout) as response,
+            client.stream(
+                "POST", self._wire.path, json=body, timeout=timeout, headers=headers
+            ) as response,
         ):
             if response.status_code >= 400:
                 raise self._status_error(response, self._read(response))
@@ -209,14 +234,15 @@ class HTTPProvider(BaseProvider):
         body = self._wire.build_body(request, stream=False)
         timeout = self._request_timeout(request)
         start = time.perf_counter()
-        raw = await self._attempts().arun(lambda: self._apost(body, timeout))
+        headers = request_headers(request)
+        raw = await self._attempts().arun(lambda: self._apost(body, timeout, headers))
         return self._finish_response(raw, start, request)
 
-    async def _apost(self, body: dict[str, Any], timeout: httpx.Timeout) -> bytes:
+    async def _apost(self, body: dict[str, Any], timeout: httpx.Timeout, headers: Headers) -> bytes:
         client = self._async_client()
         with translate_errors(self.provider_name, receiving=False):
             async with client.stream(
-                "POST", self._wire.path, json=body, timeout=timeout
+                "POST", self._wire.path, json=body, timeout=timeout, headers=headers
             ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await self._aread(response))
@@ -242,9 +268,10 @@ class HTTPProvider(BaseProvider):
     ) -> AsyncGenerator[StreamChunk, None]:
         client = self._async_client()
         parser = self._wire.stream_parser(request)
+        headers = request_headers(request)
         with translate_errors(self.provider_name, receiving=False):
             async with client.stream(
-                "POST", self._wire.path, json=body, timeout=timeout
+                "POST", self._wire.path, json=body, timeout=timeout, headers=headers
             ) as response:
                 if response.status_code >= 400:
                     raise self._status_error(response, await self._aread(response))

@@ -270,8 +270,11 @@ def _settle(
 
 def _health(state: ServerState) -> Response:
     stats = state.engine_stats()
-    ready = state.ready
-    status = "ok" if ready else ("error" if state.load_error else "loading")
+    ready = state.ready and not state.draining
+    if state.draining:
+        status = "draining"
+    else:
+        status = "ok" if ready else ("error" if state.load_error else "loading")
     body: dict[str, Any] = {
         "status": status,
         "ready": ready,

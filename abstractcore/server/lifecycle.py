@@ -33,6 +33,13 @@ class GracefulServer(uvicorn.Server):
 
     exit_code = 0
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """uvicorn's signal handler, after marking the app as draining (/health: 503)."""
+        state = getattr(getattr(self.config.app, "state", None), "abstractcore", None)
+        if state is not None:
+            state.draining = True
+        super().handle_exit(sig, frame)
+
     async def on_tick(self, counter: int) -> bool:
         """uvicorn's periodic check (every 0.1 s), plus: stop if the model failed to load."""
         state = getattr(getattr(self.config.app, "state", None), "abstractcore", None)

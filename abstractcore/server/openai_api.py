@@ -93,7 +93,10 @@ def _sampling(
         "top_k": body.top_k,
         "seed": body.seed,
         "stop": body.stop or None,
-        "prompt_cache_key": body.prompt_cache_key or request.headers.get(CACHE_KEY_HEADER) or None,
+        # The body's key, else the proxy-routing header, else OpenAI's older ``user`` field.
+        "prompt_cache_key": (
+            body.prompt_cache_key or request.headers.get(CACHE_KEY_HEADER) or body.user or None
+        ),
     }
     return {k: v for k, v in kwargs.items() if v is not None}
 

@@ -224,9 +224,10 @@ class MessageObject(_Out):
 
 # ---------------------------------------------------------------------- probes
 class HealthBody(_Out):
-    """Readiness: 200 once the model serves, 503 before (or after it failed to load)."""
+    """Readiness: 200 once the model serves; 503 before, after it failed to load, and from
+    the moment shutdown begins (``draining``)."""
 
-    status: Literal["ok", "loading", "error"]
+    status: Literal["ok", "loading", "error", "draining"]
     ready: bool
     model: str | None
     provider: str | None

@@ -241,7 +241,12 @@ class MessagesRequest(RequestModel):
 
     thinking: Annotated[Any, Neutral({"type": "disabled"})] = None
     cache_control: CacheControl = None
-    model: str
+    model: Annotated[
+        str | None,
+        Field(
+            description="The served model's id or an alias; optional: this server serves one model."
+        ),
+    ] = None
     max_tokens: Annotated[int, Field(ge=1)]
     metadata: AnthropicMetadata | None = None
     temperature: Annotated[float | None, Field(ge=0.0, le=1.0)] = None

@@ -102,7 +102,12 @@ class SamplingFields(RequestModel):
     frequency_penalty: Annotated[Any, Neutral(0, 0.0)] = None
     presence_penalty: Annotated[Any, Neutral(0, 0.0)] = None
     logit_bias: Annotated[Any, Neutral({})] = None
-    model: str
+    model: Annotated[
+        str | None,
+        Field(
+            description="The served model's id or an alias; optional: this server serves one model."
+        ),
+    ] = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: Annotated[int | None, Field(ge=1), AfterValidator(_only_one("send n separate requests"))] = (
@@ -114,7 +119,10 @@ class SamplingFields(RequestModel):
     seed: int | None = None
     stop: Stop = None
     prompt_cache_key: CacheKey = None
-    user: str | None = None
+    user: Annotated[
+        str | None,
+        Field(description="The prompt-cache key when neither field nor header gives one."),
+    ] = None
 
     @model_validator(mode="after")
     def _check_options(self) -> Any:

@@ -71,6 +71,9 @@ class ServerState:
             self.factory = source
         self.owns_provider = self.factory is not None
         self.load_error: str | None = None
+        #: Set when shutdown begins: /health and new requests answer 503, so a proxy sends
+        #: new work elsewhere while the requests in flight finish.
+        self.draining = False
         self.in_flight = 0
         self.created = int(time.time())
         self.metrics = ServerMetrics(self.engine_stats, lambda: self.in_flight)
@@ -88,6 +91,8 @@ class ServerState:
         """The provider, or a 503 while it is loading (or failed to load)."""
         if self.load_error is not None:
             raise APIError(503, "the model failed to load; see the server log")
+        if self.draining:
+            raise APIError(503, "the server is shutting down", headers={"Retry-After": "1"})
         if self.provider is None or not self.ready:
             raise APIError(503, "the model is loading; retry shortly", headers={"Retry-After": "1"})
         return self.provider
@@ -116,9 +121,10 @@ class ServerState:
         return ids
 
     def check_model(self, name: Any, *, param: str = "model") -> str:
-        """Validate the request's ``model``; 400 when missing, 404 when not served here."""
+        """Validate the request's ``model``: the served model when absent (the server serves
+        one, as mlx-lm's server does), 400 when not a string, 404 when not served here."""
         if name is None:
-            raise APIError(400, "missing required field 'model'", param=param)
+            return self.model_id
         if not isinstance(name, str):
             raise APIError(400, "'model' must be a string", param=param)
         if name not in self.model_ids():
@@ -184,6 +190,8 @@ class ServerState:
             raise APIError(400, "request body is empty; expected a JSON object")
         try:
             data = json.loads(body)
+        except RecursionError:
+            raise APIError(400, "request body is nested too deeply to parse") from None
         except UnicodeDecodeError as exc:
             raise APIError(400, "request body is not UTF-8 JSON") from exc
         except json.JSONDecodeError as exc:

@@ -87,6 +87,22 @@ async def test_agenerate_and_astream_agree(kind: str, make_llm: Any, no_blocking
 
 
 @each_provider
+@pytest.mark.anyio
+async def test_a_prompt_cache_key_travels_as_a_header_for_proxies(
+    kind: str, make_llm: Any, fake: Any
+) -> None:
+    llm = make_llm(kind)
+    llm.generate("hello", prompt_cache_key="conv-9")
+    list(llm.stream("hello", prompt_cache_key="conv-9"))
+    await llm.agenerate("hello", prompt_cache_key="conv-9")
+    [c async for c in llm.astream("hello", prompt_cache_key="caf\u00e9 1")]
+    llm.generate("hello")
+    await llm.aclose()
+    got = [r.headers.get("x-prompt-cache-key") for r in fake.requests(llm.model)]
+    assert got == ["conv-9", "conv-9", "conv-9", "caf%C3%A9%201", None]
+
+
+@each_provider
 def test_max_output_tokens_gives_length(kind: str, make_llm: Any) -> None:
     llm = make_llm(kind)
     response = llm.generate("hello there world", max_output_tokens=2)

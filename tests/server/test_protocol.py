@@ -130,7 +130,15 @@ def test_prompt_cache_key_from_body_or_header(
         anthropic,
         headers={"x-api-key": API_KEY, "X-Prompt-Cache-Key": "conv-3"},
     )
-    assert [r.prompt_cache_key for r in scripted.requests] == ["conv-1", "conv-2", "conv-3"]
+    post(scripted_server, "/v1/chat/completions", chat_body(user="user-4"))
+    post(  # the body's key wins over the header, the header over `user`
+        scripted_server,
+        "/v1/chat/completions",
+        chat_body(prompt_cache_key="conv-5", user="u"),
+        headers={**AUTH, "X-Prompt-Cache-Key": "h"},
+    )
+    keys = [r.prompt_cache_key for r in scripted.requests]
+    assert keys == ["conv-1", "conv-2", "conv-3", "user-4", "conv-5"]
 
 
 def test_chat_stream_framing_with_usage(scripted_server: ThreadServer) -> None:
@@ -288,10 +296,54 @@ def test_unknown_model_is_404_in_each_shape(scripted_server: ThreadServer) -> No
         {"x-api-key": API_KEY},
     )
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-    assert (
-        post(scripted_server, "/v1/chat/completions", {"messages": []}).json()["error"]["param"]
-        == "model"
-    )
+    r = post(scripted_server, "/v1/chat/completions", {**chat_body(), "model": 7})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_a_missing_model_means_the_served_one(scripted_server: ThreadServer) -> None:
+    body = chat_body(max_tokens=3)
+    del body["model"]
+    r = post(scripted_server, "/v1/chat/completions", body)
+    assert r.status_code == 200 and r.json()["model"] == "scripted-1", r.text
+    anthropic = {"max_tokens": 3, "messages": [{"role": "user", "content": "echo a"}]}
+    r = post(scripted_server, "/v1/messages", anthropic, {"x-api-key": API_KEY})
+    assert r.status_code == 200 and r.json()["model"] == "scripted-1", r.text
+
+
+def test_a_deeply_nested_body_is_a_400_naming_the_body(scripted_module: ScriptedProvider) -> None:
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 kB: under 4 MiB
+    server = ThreadServer(create_app(scripted_module, api_key=API_KEY)).start()
+    try:
+        _post_deep(server, deep)
+    finally:
+        server.stop()
+
+
+def _post_deep(server: ThreadServer, deep: bytes) -> None:
+    for path, headers, shape in (
+        ("/v1/chat/completions", AUTH, "openai"),
+        ("/v1/messages", {"x-api-key": API_KEY}, "anthropic"),
+    ):
+        r = server.client.post(
+            path, content=deep, headers={**headers, "content-type": "application/json"}
+        )
+        assert r.status_code == 400, r.text
+        body = r.json()
+        assert "nested too deeply" in body["error"]["message"]
+        assert (body.get("type") == "error") == (shape == "anthropic")
+
+
+def test_draining_answers_503_so_a_proxy_goes_elsewhere(scripted_server: ThreadServer) -> None:
+    state = get_state(scripted_server.server.config.app)
+    state.draining = True
+    try:
+        health = scripted_server.client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+        r = post(scripted_server, "/v1/chat/completions", chat_body())
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    finally:
+        state.draining = False
+    assert scripted_server.client.get("/health").status_code == 200
 
 
 def test_malformed_and_non_object_json(scripted_server: ThreadServer) -> None:
