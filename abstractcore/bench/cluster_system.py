@@ -14,10 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..cluster import Cluster, find_nginx
-from .metrics import QueryResult
-from .scenarios import Query
-from .sweep_config import GenParams
-from .systems import ProviderSystem, System
+from .systems import HTTPServerSystem
 from .threads import MLXThreads
 
 __all__ = ["CLUSTER_PREFIX", "ClusterSystem", "cluster_size"]
@@ -33,13 +30,13 @@ def cluster_size(name: str) -> int | None:
     return int(tail) if tail.isdigit() and int(tail) > 0 else None
 
 
-class ClusterSystem(System):
+class ClusterSystem(HTTPServerSystem):
     """``instances`` local instances of ``model`` behind nginx with ``policy``."""
 
     def __init__(
         self, instances: int, model: str, policy: str, serve_args: list[str], timeout_s: float
     ) -> None:
-        super().__init__(f"{CLUSTER_PREFIX}{instances}")
+        super().__init__(f"{CLUSTER_PREFIX}{instances}", model)
         find_nginx()  # a missing nginx is a usage error, before anything is created
         self._tmp = tempfile.TemporaryDirectory(prefix="abstractcore-bench-cluster-")
         self._cluster = Cluster(
@@ -52,33 +49,15 @@ class ClusterSystem(System):
             grace_period_s=5.0,
         )
         self._threads = MLXThreads(f"bench-{self.name}-start", 1)
-        self._client: ProviderSystem | None = None
-        self._model = model
 
-    async def start(self) -> None:
+    async def launch(self) -> str:
         await self._threads.run(self._cluster.start)
-        self._client = ProviderSystem(
-            self.name,
-            {"provider": "openai-compatible", "model": self._model,
-             "base_url": f"{self._cluster.url}/v1"},
-        )  # fmt: skip
-        await self._client.start()
+        return f"{self._cluster.url}/v1"
 
-    async def run_query(
-        self, index: int, query: Query, params: GenParams, concurrency: int
-    ) -> QueryResult:
-        assert self._client is not None, "start() first"
-        return await self._client.run_query(index, query, params, concurrency)
-
-    async def close(self) -> None:
-        try:
-            if self._client is not None:
-                await self._client.close()
-        finally:
-            self._client = None
-            await self._threads.run(self._cluster.stop)
-            await self._threads.shutdown()
-            self._tmp.cleanup()
+    async def shutdown(self) -> None:
+        await self._threads.run(self._cluster.stop)
+        await self._threads.shutdown()
+        self._tmp.cleanup()
 
     def kill(self) -> None:
         self._cluster.kill()

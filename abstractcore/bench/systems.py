@@ -19,7 +19,14 @@ from .schemas import answer_is_valid
 from .sweep_config import ENGINE, ENGINE_STREAM, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
 from .threads import MLXThreads
 
-__all__ = ["MLXLMServerSystem", "ProviderSystem", "SerialMLXSystem", "System", "build_system"]
+__all__ = [
+    "HTTPServerSystem",
+    "MLXLMServerSystem",
+    "ProviderSystem",
+    "SerialMLXSystem",
+    "System",
+    "build_system",
+]
 
 _WARMUP = Query(id="warmup", messages=[{"role": "user", "content": "Say hello."}])
 
@@ -279,21 +286,27 @@ class SerialMLXSystem(System):
         self._model = self._tokenizer = None
 
 
-class MLXLMServerSystem(System):
-    """mlx-lm's own server on loopback, driven through the openai-compatible provider."""
+class HTTPServerSystem(System):
+    """A server the benchmark starts itself, driven through the openai-compatible provider
+    with streaming (the first chunk on the wire is its TTFT); subclasses launch and stop it."""
 
-    def __init__(self, model: str, max_concurrency: int, start_timeout_s: float) -> None:
-        super().__init__(MLX_LM_SERVER)
-        self._server = MLXLMServer(model, max_concurrency, start_timeout_s)
+    def __init__(self, name: str, model_id: str) -> None:
+        super().__init__(name)
+        self._model_id = model_id
         self._client: ProviderSystem | None = None
 
+    @abstractmethod
+    async def launch(self) -> str:
+        """Start the server; its base URL (``.../v1``)."""
+
+    @abstractmethod
+    async def shutdown(self) -> None:
+        """Stop what :meth:`launch` started; safe to call twice."""
+
     async def start(self) -> None:
-        base_url = await self._server.start()
-        # "default_model" is the server's name for the model it was started with.
-        self._client = ProviderSystem(
-            self.name,
-            {"provider": "openai-compatible", "model": "default_model", "base_url": base_url},
-        )
+        base_url = await self.launch()
+        options = {"provider": "openai-compatible", "model": self._model_id, "base_url": base_url}
+        self._client = ProviderSystem(self.name, options)
         await self._client.start()
 
     async def run_query(
@@ -308,7 +321,22 @@ class MLXLMServerSystem(System):
                 await self._client.close()
         finally:
             self._client = None
-            await self._server.stop()
+            await self.shutdown()
+
+
+class MLXLMServerSystem(HTTPServerSystem):
+    """mlx-lm's own server on loopback."""
+
+    def __init__(self, model: str, max_concurrency: int, start_timeout_s: float) -> None:
+        # "default_model" is the server's name for the model it was started with.
+        super().__init__(MLX_LM_SERVER, "default_model")
+        self._server = MLXLMServer(model, max_concurrency, start_timeout_s)
+
+    async def launch(self) -> str:
+        return await self._server.start()
+
+    async def shutdown(self) -> None:
+        await self._server.stop()
 
     def kill(self) -> None:
         self._server.kill()
