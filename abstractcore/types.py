@@ -130,11 +130,17 @@ class Message(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token accounting for one request."""
+    """Token accounting for one request.
+
+    ``reported`` is False when the backend sent no usage at all (some OpenAI-compatible
+    servers send none in their streams): the counts are then unknown, not zero, and read
+    as 0 only for want of a value.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reported: bool = True
 
     @property
     def total_tokens(self) -> int:
@@ -146,6 +152,7 @@ class Usage(BaseModel):
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             cached_tokens=self.cached_tokens + other.cached_tokens,
+            reported=self.reported and other.reported,
         )
 
 

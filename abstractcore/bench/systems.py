@@ -132,7 +132,7 @@ class ProviderSystem(System):
         end = time.perf_counter()
         if out.first is None and out.first_to_end_s is not None:
             out.first = max(start, end - out.first_to_end_s)
-        usage = out.usage
+        usage = out.usage if out.usage is not None and out.usage.reported else None
         return QueryResult(
             system=self.name,
             concurrency=concurrency,

@@ -100,7 +100,7 @@ class StreamCollector:
         return GenerateResponse(
             content=self.text,
             finish_reason=self._finish,
-            usage=self._usage or Usage(),
+            usage=self._usage or Usage(reported=False),
             timing=timing,
             model=self.model,
             provider=self.provider,

@@ -240,7 +240,7 @@ def _finish(value: Any) -> FinishReason:
 
 def _usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
-        return Usage()
+        return Usage(reported=False)
     cached = int(raw.get("cache_read_input_tokens") or 0)
     created = int(raw.get("cache_creation_input_tokens") or 0)
     # input_tokens counts only the uncached part; report the whole prompt like the others do.

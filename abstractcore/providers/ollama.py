@@ -230,6 +230,8 @@ def _finish(value: Any, called_tools: bool = False) -> FinishReason:
 
 
 def _usage(payload: dict[str, Any]) -> Usage:
+    if "prompt_eval_count" not in payload and "eval_count" not in payload:
+        return Usage(reported=False)
     return Usage(
         prompt_tokens=int(payload.get("prompt_eval_count") or 0),
         completion_tokens=int(payload.get("eval_count") or 0),

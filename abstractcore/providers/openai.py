@@ -209,7 +209,7 @@ class _OpenAIStream:
             )
         return StreamChunk(
             finish_reason=self._finish,
-            usage=self._usage or Usage(),
+            usage=self._usage or Usage(reported=False),
             model=self._model,
             provider=self._wire.provider,
         )
@@ -237,7 +237,7 @@ def _finish(value: Any) -> FinishReason | None:
 
 def _usage(raw: Any) -> Usage:
     if not isinstance(raw, dict):
-        return Usage()
+        return Usage(reported=False)
     details = raw.get("prompt_tokens_details") or {}
     return Usage(
         prompt_tokens=int(raw.get("prompt_tokens") or 0),

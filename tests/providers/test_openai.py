@@ -72,6 +72,31 @@ def test_stream_asks_for_usage(make_llm: Any, fake: Any) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
 
+def test_usage_a_server_does_not_send_is_unknown_not_zero(make_llm: Any) -> None:
+    llm = make_llm("openai", "no-usage")
+    whole = llm.generate("hello there world")
+    chunks = list(llm.stream("hello there world"))
+    assert whole.content == "Echo: hello there world" and whole.usage.reported is False
+    last = chunks[-1].usage
+    assert last is not None and last.reported is False and last.completion_tokens == 0
+    assert make_llm("openai").generate("hello there world").usage.reported is True
+
+
+@pytest.mark.anyio
+async def test_the_benchmark_counts_chunks_when_usage_is_unknown(make_llm: Any) -> None:
+    from abstractcore.bench.prompts import Query
+    from abstractcore.bench.sweep_config import GenParams
+    from abstractcore.bench.systems import ProviderSystem
+
+    llm = make_llm("openai", "no-usage")
+    system = ProviderSystem("x", {})
+    system.llm = llm
+    query = Query("q", [{"role": "user", "content": "hello there world"}])
+    result = await system.run_query(0, query, GenParams(max_output_tokens=8), 1)
+    assert result.error is None and result.output_tokens == 4  # the streamed chunks
+    await llm.aclose()
+
+
 def test_cached_tokens_are_reported(make_llm: Any) -> None:
     llm = make_llm("openai", "cached")
     assert llm.generate("hello there world").usage.cached_tokens == 3

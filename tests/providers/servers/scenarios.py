@@ -134,6 +134,8 @@ class FakeAPI:
         elif scenario == "slow-mid":
             await conn.send_partial(200, _json_bytes(d.full(reply)), "application/json")
             await conn.hang()
+        elif scenario == "no-usage":  # a server that reports no usage at all
+            await conn.send_json(200, {k: v for k, v in d.full(reply).items() if k != "usage"})
         else:
             await conn.send_json(200, d.full(reply))
 
@@ -170,9 +172,19 @@ class FakeAPI:
                     await conn.chunk(d.wrong_shape_frame())
             if scenario == "no-terminal" and i == len(frames) - 1:
                 break
+            if scenario == "no-usage" and _usage_only(frame):
+                continue  # llama-cpp-python's server streams no usage, asked or not
             await conn.chunk(frame)
         await conn.end_chunked()
 
 
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj).encode()
+
+
+def _usage_only(frame: bytes) -> bool:
+    """An OpenAI stream frame that carries only usage (``choices: []``)."""
+    if not frame.startswith(b"data: {"):
+        return False
+    payload = json.loads(frame[len(b"data: ") :])
+    return "usage" in payload and payload.get("choices") == []
