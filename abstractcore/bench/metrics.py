@@ -26,6 +26,14 @@ class QueryResult:
     error: str | None = None
     #: For a query that asked for a schema: whether the answer is a valid object of it.
     valid: bool | None = None
+    #: Seconds between consecutive content chunks as the client received them (streaming
+    #: systems only; empty for whole answers): the inter-token latency the user sees.
+    gaps_s: tuple[float, ...] = ()
+
+    @property
+    def max_gap_s(self) -> float | None:
+        """The longest stall of this stream after its first token."""
+        return max(self.gaps_s) if self.gaps_s else None
 
     @property
     def ok(self) -> bool:
@@ -71,6 +79,10 @@ class LevelSummary:
     #: Completed queries that asked for a schema, and how many of their answers validated.
     structured: int = 0
     valid: int = 0
+    #: Inter-token latency over every gap of every completed stream, and the longest stall.
+    itl_p50_s: float | None = None
+    itl_p95_s: float | None = None
+    max_stall_s: float | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -110,6 +122,7 @@ def summarize(
     decode = [v for v in (r.decode_tok_s for r in ok) if v is not None]
     per_query = [v for v in (r.per_query_tok_s for r in ok) if v is not None]
     out_tokens = sum(r.output_tokens for r in ok)
+    gaps = [g for r in ok for g in r.gaps_s]
     return LevelSummary(
         system=system,
         concurrency=concurrency,
@@ -129,4 +142,7 @@ def summarize(
         complete=complete,
         structured=sum(r.valid is not None for r in ok),
         valid=sum(r.valid is True for r in ok),
+        itl_p50_s=percentile(gaps, 50),
+        itl_p95_s=percentile(gaps, 95),
+        max_stall_s=max(gaps) if gaps else None,
     )

@@ -11,7 +11,7 @@ __all__ = ["plot_summaries"]
 
 
 def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) -> None:
-    """Write a three-panel PNG, one line per system, log-2 concurrency axis."""
+    """Write a four-panel PNG, one line per system, log-2 concurrency axis."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: never needs a display
@@ -32,10 +32,12 @@ def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) ->
             False,
         ),
         ("Time to first token (p50)", "TTFT (s, log scale)", lambda s: s.ttft_p50_s, True),
+        # Streaming systems only: a system awaited whole answers has no inter-token gaps.
+        ("Inter-token latency (p95)", "seconds between tokens", lambda s: s.itl_p95_s, False),
     ]
     systems = list(dict.fromkeys(s.system for s in summaries))
     levels = sorted({s.concurrency for s in summaries})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4.8), constrained_layout=True)
     try:
         for ax, (name, ylabel, value, log_y) in zip(axes, panels):
             for system in systems:

@@ -33,13 +33,13 @@ SUMMARY_COLUMNS = [
     "prompt_tokens", "output_tokens", "throughput_tok_s",
     "ttft_avg_s", "ttft_p50_s", "ttft_p95_s",
     "decode_tok_s_avg", "per_query_tok_s_avg", "outside_model_share", "complete",
-    "structured", "valid",
+    "structured", "valid", "itl_p50_s", "itl_p95_s", "max_stall_s",
 ]  # fmt: skip
 
 QUERY_COLUMNS = [
     "system", "concurrency", "query_index", "prompt_id", "prompt_tokens", "output_tokens",
     "cached_tokens", "ttft_s", "duration_s", "decode_tok_s", "per_query_tok_s",
-    "finish_reason", "error", "valid",
+    "finish_reason", "error", "valid", "max_gap_s",
 ]  # fmt: skip
 
 
@@ -93,7 +93,7 @@ def write_summary_csv(path: Path, summaries: Iterable[LevelSummary]) -> None:
                 _num(s.ttft_avg_s), _num(s.ttft_p50_s), _num(s.ttft_p95_s),
                 _num(s.decode_tok_s_avg, 2), _num(s.per_query_tok_s_avg, 2),
                 _num(s.outside_model_share), "true" if s.complete else "false",
-                s.structured, s.valid,
+                s.structured, s.valid, _num(s.itl_p50_s), _num(s.itl_p95_s), _num(s.max_stall_s),
             ])  # fmt: skip
 
 
@@ -108,7 +108,7 @@ def write_queries_csv(path: Path, results: Iterable[QueryResult]) -> None:
                 r.output_tokens, r.cached_tokens, _num(r.ttft_s), _num(r.duration_s),
                 _num(r.decode_tok_s, 2), _num(r.per_query_tok_s, 2),
                 r.finish_reason or "", r.error or "",
-                "" if r.valid is None else str(r.valid).lower(),
+                "" if r.valid is None else str(r.valid).lower(), _num(r.max_gap_s),
             ])  # fmt: skip
 
 
@@ -156,7 +156,8 @@ def format_table(summaries: Sequence[LevelSummary]) -> str:
     """The per-level results as a Markdown table (the format docs/concurrency.md shows)."""
     header = [
         "system", "conc", "queries", "errors", "wall s", "tok/s", "TTFT avg s",
-        "TTFT p50 s", "TTFT p95 s", "decode tok/s", "per-query tok/s",
+        "TTFT p50 s", "TTFT p95 s", "decode tok/s", "per-query tok/s", "ITL p50/p95 ms",
+        "max stall s",
     ]  # fmt: skip
     structured = any(s.structured for s in summaries)
     if structured:
@@ -167,11 +168,18 @@ def format_table(summaries: Sequence[LevelSummary]) -> str:
             f"{s.completed}/{s.queries}", str(s.errors), _f(s.wall_s, 1),
             _f(s.throughput_tok_s, 1), _f(s.ttft_avg_s, 2), _f(s.ttft_p50_s, 2),
             _f(s.ttft_p95_s, 2), _f(s.decode_tok_s_avg, 1), _f(s.per_query_tok_s_avg, 1),
+            _itl(s), _f(s.max_stall_s, 2),
             *([f"{s.valid}/{s.structured}"] if structured else []),
         ]
         for s in summaries
     ]  # fmt: skip
     return _markdown(header, rows)
+
+
+def _itl(s: LevelSummary) -> str:
+    if s.itl_p50_s is None or s.itl_p95_s is None:
+        return "-"  # a system awaited whole answers: no tokens to time apart
+    return f"{s.itl_p50_s * 1000:.0f}/{s.itl_p95_s * 1000:.0f}"
 
 
 def format_comparison(summaries: Sequence[LevelSummary], primary: str) -> str:

@@ -147,6 +147,7 @@ class ProviderSystem(System):
             finish_reason=out.finish,
             error=out.error,
             valid=_validity(query, "".join(out.text)),
+            gaps_s=tuple(out.gaps) if out.error is None else (),
         )
 
     async def _stream(self, kwargs: dict[str, Any], out: _Outcome) -> None:
@@ -154,10 +155,14 @@ class ProviderSystem(System):
         async with _aclosing(stream):
             async for chunk in stream:
                 if chunk.content:
+                    now = time.perf_counter()
                     out.chunks += 1
                     out.text.append(chunk.content)
                     if out.first is None:
-                        out.first = time.perf_counter()
+                        out.first = now
+                    else:
+                        out.gaps.append(now - out.last)
+                    out.last = now
                 if chunk.usage is not None:
                     out.usage = chunk.usage
                 if chunk.finish_reason is not None:
@@ -236,6 +241,7 @@ class SerialMLXSystem(System):
             finish_reason=out.get("finish"),
             error=error,
             valid=_validity(query, out.get("text", "")),
+            gaps_s=out.get("gaps", ()),
         )
 
     def _generate_locked(self, query: Query, params: GenParams) -> dict[str, Any]:
@@ -252,6 +258,8 @@ class SerialMLXSystem(System):
             first: float | None = None
             last: Any = None
             text: list[str] = []
+            gaps: list[float] = []
+            previous = 0.0
             for last in stream_generate(
                 self._model,
                 self._tokenizer,
@@ -260,8 +268,13 @@ class SerialMLXSystem(System):
                 sampler=make_sampler(temp=params.temperature),
             ):
                 text.append(last.text)
-                if first is None and last.text:
-                    first = time.perf_counter()
+                if last.text:
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                    else:
+                        gaps.append(now - previous)
+                    previous = now
                 if self._stop.is_set():
                     break
             end = time.perf_counter()
@@ -277,6 +290,7 @@ class SerialMLXSystem(System):
             "end": end,
             "finish": finish,
             "text": "".join(text),
+            "gaps": tuple(gaps),
         }
 
     async def close(self) -> None:
@@ -391,6 +405,8 @@ class _Outcome:
     error: str | None = None
     chunks: int = 0
     text: list[str] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)  # between content chunks (streaming)
+    last: float = 0.0
     first: float | None = None  # perf_counter() at the first content chunk (streaming)
     first_to_end_s: float | None = None  # provider-measured first token -> end (agenerate)
 

@@ -107,3 +107,27 @@ def test_outputs_never_overwrite(tmp_path: Path) -> None:
     with second.queries_csv.open() as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == QUERY_COLUMNS and rows[1][3] == "p000"
+
+
+def test_inter_token_latency_pools_every_gap_and_keeps_the_longest_stall(tmp_path: Path) -> None:
+    import csv
+
+    from abstractcore.bench.report import format_table, write_queries_csv, write_summary_csv
+
+    streamed = [
+        QueryResult("s", 2, 0, "a", output_tokens=3, duration_s=1.0, gaps_s=(0.1, 0.2)),
+        QueryResult("s", 2, 1, "b", output_tokens=3, duration_s=1.0, gaps_s=(0.3, 0.9)),
+        QueryResult("s", 2, 2, "c", error="boom", gaps_s=(5.0,)),  # failed: not counted
+    ]
+    s = summarize("s", 2, streamed, 2.0)
+    assert s.itl_p50_s == pytest.approx(0.25) and s.max_stall_s == pytest.approx(0.9)
+    assert s.itl_p95_s == pytest.approx(0.81)
+    table = format_table([s, summarize("w", 2, [QueryResult("w", 2, 0, "a")], 1.0)])
+    assert "ITL p50/p95 ms" in table and "250/810" in table and "| - |" in table.replace("  ", "")
+    write_summary_csv(tmp_path / "s.csv", [s])
+    write_queries_csv(tmp_path / "q.csv", streamed)
+    with (tmp_path / "s.csv").open() as fh:
+        row = next(csv.DictReader(fh))
+    assert (row["itl_p50_s"], row["max_stall_s"]) == ("0.2500", "0.9000")
+    with (tmp_path / "q.csv").open() as fh:
+        assert [r["max_gap_s"] for r in csv.DictReader(fh)] == ["0.2000", "0.9000", "5.0000"]

@@ -94,6 +94,7 @@ async def test_the_benchmark_counts_chunks_when_usage_is_unknown(make_llm: Any) 
     query = Query("q", [{"role": "user", "content": "hello there world"}])
     result = await system.run_query(0, query, GenParams(max_output_tokens=8), 1)
     assert result.error is None and result.output_tokens == 4  # the streamed chunks
+    assert len(result.gaps_s) == 3 and result.max_gap_s is not None  # 3 gaps between 4 chunks
     await llm.aclose()
 
 
