@@ -48,7 +48,8 @@ def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) ->
                 )
                 if pts:
                     xs, ys = zip(*pts)
-                    ax.plot(xs, ys, marker="o", label=system)
+                    # one colour per system in every panel, even where some have no points
+                    ax.plot(xs, ys, marker="o", label=system, color=f"C{systems.index(system)}")
             ax.set_xscale("log", base=2)
             ax.set_xticks(levels, [str(c) for c in levels])
             ax.set_xlabel("concurrency (requests in flight)")
