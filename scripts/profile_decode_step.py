@@ -1,0 +1,214 @@
+"""Where one decode step's time goes: the op-level profile behind docs/concurrency.md.
+
+    .venv/bin/python scripts/profile_decode_step.py          # 1, 8, 32 rows; 512-token context
+    .venv/bin/python scripts/profile_decode_step.py --rows 32 --context 1024 --prompt 256
+
+For each row count it times, on a KV cache of ``--context`` tokens per row:
+
+- the whole step as the engine runs it (``model(tokens, cache)`` and the arg-max, evaluated
+  once: MLX's lazy graph, dispatched and run as one);
+- each kind of operation of the same step evaluated on its own, summed over the layers:
+  the dense products (q, k, v, o, gate, up, down), attention, the elementwise chains (two
+  RMSNorms, RoPE on q and k, SwiGLU, two residual adds), the output projection with the
+  final norm, and sampling (the arg-max, and the log-softmax mlx-lm computes per row);
+
+then a prefill pass of ``--prompt`` tokens for one row, whole and its products alone. It also
+measures the machine: the time to stream the model's weights once (a product per weight
+matrix at one row, the same as a decode step's products at one row) gives the bound of one
+stream. "Isolated" sums include each op's own dispatch and memory pass, so they add up to
+more than the fused step when MLX overlaps work, and to less when the step has overheads
+(Python, graph building, dispatch) of its own: the difference is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from abstractcore.providers.mlx.blas import preload_blas
+
+preload_blas()  # before MLX's first import: OpenBLAS on Linux (docs/architecture.md)
+
+import mlx.core as mx  # noqa: E402
+
+
+def _median_s(fn: Callable[[], Any], reps: int) -> float:
+    for _ in range(2):
+        mx.eval(fn())
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _cache(model: Any, rows: int, context: int) -> list[Any]:
+    """A KV cache of ``context`` tokens for each of ``rows`` rows: one row prefilled, then
+    repeated (the step's cost does not depend on what the keys hold)."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    model(mx.random.randint(0, 1000, (1, context)), cache=cache)
+    for c in cache:
+        keys, values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
+        c.state = (mx.repeat(keys, rows, axis=0), mx.repeat(values, rows, axis=0), context)
+    mx.eval([c.state for c in cache])
+    return cache
+
+
+def profile_rows(model: Any, rows: int, context: int, reps: int) -> dict[str, float]:
+    """Seconds per decode step at ``rows`` rows, whole and by kind of op."""
+    from mlx_lm.models.base import scaled_dot_product_attention
+    from mlx_lm.models.llama import swiglu
+
+    inner = model.model
+    layer = inner.layers[0]
+    att, mlp = layer.self_attn, layer.mlp
+    n_layers = len(inner.layers)
+    d = model.args.hidden_size
+    tokens = mx.random.randint(0, 1000, (rows, 1))
+
+    # The whole step; the token it appends to the cache is trimmed off again after each one.
+    cache = _cache(model, rows, context)
+
+    def step() -> Any:
+        out = mx.argmax(model(tokens, cache=cache)[:, -1, :], axis=-1)
+        mx.eval(out)
+        for c in cache:
+            c.trim(1)
+        return out
+
+    total = _median_s(step, reps)
+
+    x = mx.random.normal((rows, 1, d))
+    h_dim = mlp.gate_proj.weight.shape[0]
+    g = mx.random.normal((rows, 1, h_dim))
+    heads, kv_heads = att.n_heads, att.n_kv_heads
+    head_dim = d // heads
+    q = mx.random.normal((rows, heads, 1, head_dim))
+    k = mx.random.normal((rows, kv_heads, context + 1, head_dim))
+    v = mx.random.normal((rows, kv_heads, context + 1, head_dim))
+    attn_out = mx.random.normal((rows, 1, heads * head_dim))
+    per_layer = {
+        "products": sum(
+            _median_s(f, reps)
+            for f in (
+                lambda: att.q_proj(x),
+                lambda: att.k_proj(x),
+                lambda: att.v_proj(x),
+                lambda: att.o_proj(attn_out),
+                lambda: mlp.gate_proj(x),
+                lambda: mlp.up_proj(x),
+                lambda: mlp.down_proj(g),
+            )
+        ),  # fmt: skip
+        "attention": _median_s(
+            lambda: scaled_dot_product_attention(q, k, v, cache=None, scale=att.scale, mask=None),
+            reps,
+        ),
+        "elementwise": sum(
+            _median_s(f, reps)
+            for f in (
+                lambda: layer.input_layernorm(x),
+                lambda: layer.post_attention_layernorm(x),
+                lambda: att.rope(q, offset=context),
+                lambda: att.rope(k[:, :, :1], offset=context),
+                lambda: swiglu(g, g),
+                lambda: x + x,
+                lambda: x + x,
+            )
+        ),  # fmt: skip
+    }
+    out = {k: v * n_layers for k, v in per_layer.items()}
+    lm_head = inner.embed_tokens.as_linear if model.args.tie_word_embeddings else model.lm_head
+    out["output projection"] = _median_s(lambda: lm_head(inner.norm(x)), reps)
+    logits = mx.random.normal((rows, inner.embed_tokens.weight.shape[0]))
+    out["arg-max"] = _median_s(lambda: mx.argmax(logits, axis=-1), reps)
+    out["log-softmax (mlx-lm's step)"] = _median_s(
+        lambda: logits - mx.logsumexp(logits, axis=-1, keepdims=True), reps
+    )
+    out["isolated sum"] = sum(
+        out[k] for k in ("products", "attention", "elementwise", "output projection", "arg-max")
+    )
+    out["whole step"] = total
+    return out
+
+
+def weight_stream_s(model: Any, reps: int) -> tuple[float, float]:
+    """(seconds to read every weight matrix once at one row, their bytes)."""
+    seconds = 0.0
+    size = 0
+    for _, m in model.named_modules():
+        w = m.get("weight") if isinstance(m.get("weight"), mx.array) else None
+        if w is None or w.ndim != 2:
+            continue
+        x = mx.random.normal((1, w.shape[1]))
+        seconds += _median_s(lambda w=w, x=x: x @ w.T, reps)
+        size += w.nbytes
+    return seconds, size
+
+
+def profile_prefill(model: Any, prompt: int, reps: int) -> dict[str, float]:
+    """Seconds for one prefill pass of ``prompt`` tokens (one row), and its products alone."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    tokens = mx.random.randint(0, 1000, (1, prompt))
+
+    def run() -> Any:
+        return model(tokens, cache=make_prompt_cache(model))[:, -1, :]
+
+    inner = model.model
+    layer = inner.layers[0]
+    att, mlp = layer.self_attn, layer.mlp
+    d = model.args.hidden_size
+    x = mx.random.normal((1, prompt, d))
+    g = mx.random.normal((1, prompt, mlp.gate_proj.weight.shape[0]))
+    products = sum(
+        _median_s(f, reps)
+        for f in (
+            lambda: att.q_proj(x), lambda: att.k_proj(x), lambda: att.v_proj(x),
+            lambda: att.o_proj(x), lambda: mlp.gate_proj(x), lambda: mlp.up_proj(x),
+            lambda: mlp.down_proj(g),
+        )
+    ) * len(inner.layers)  # fmt: skip
+    return {"whole pass": _median_s(run, reps), "products": products}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--context", type=int, default=512, help="KV tokens per row")
+    p.add_argument("--prompt", type=int, default=256, help="prefill tokens")
+    p.add_argument("--reps", type=int, default=7)
+    args = p.parse_args()
+
+    from abstractcore.providers.mlx.loading import load_model, resolve_model_path
+
+    model, _ = load_model(resolve_model_path(args.model))
+    stream_s, size = weight_stream_s(model, args.reps)
+    print(f"weights: {size / 1e6:.0f} MB; read once at one row: {stream_s * 1e3:.1f} ms "
+          f"({size / stream_s / 1e9:.1f} GB/s): the bound of one stream, "
+          f"{1 / stream_s:.0f} tok/s\n")  # fmt: skip
+    rows = [profile_rows(model, r, args.context, args.reps) for r in args.rows]
+    keys = list(rows[0])
+    print(f"| ms per decode step (context {args.context}) | "
+          + " | ".join(f"{r} rows" for r in args.rows) + " |")  # fmt: skip
+    print("|---|" + "---:|" * len(args.rows))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{r[k] * 1e3:.1f}" for r in rows) + " |")
+    print("| whole step - isolated sum (overheads: Python, graph, dispatch; negative: overlap) | "
+          + " | ".join(f"{(r['whole step'] - r['isolated sum']) * 1e3:.1f}" for r in rows)
+          + " |")  # fmt: skip
+    pre = profile_prefill(model, args.prompt, args.reps)
+    print(f"\nprefill of {args.prompt} tokens, one row: {pre['whole pass'] * 1e3:.0f} ms "
+          f"({args.prompt / pre['whole pass']:.0f} tok/s); its dense products alone "
+          f"{pre['products'] * 1e3:.0f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
