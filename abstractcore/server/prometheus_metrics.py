@@ -84,6 +84,15 @@ class EngineCollector(Collector):
                 yield GaugeMetricFamily(
                     f"abstractcore_engine_{base}", f"Engine stat {key!r}.", value=value
                 )
+        memory = stats.get("memory")  # the MLX allocator's bytes (MLXProvider.stats)
+        if isinstance(memory, Mapping):
+            for key, value in sorted(memory.items()):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    yield GaugeMetricFamily(
+                        f"abstractcore_mlx_memory_{_sanitize(key)}",
+                        f"MLX memory {key!r}, process-wide.",
+                        value=float(value),
+                    )
 
 
 class _WithoutCreated(Collector):

@@ -119,9 +119,12 @@ def test_metrics_and_health_report_the_engine(mlx_server: ServerProcess) -> None
         "abstractcore_queue_depth ",
         "abstractcore_active_requests ",
         "abstractcore_batch_size ",
+        "abstractcore_mlx_memory_active_bytes ",
+        "abstractcore_mlx_memory_peak_bytes ",
     ):
         assert name in text, name
     health = mlx_server.health()
+    assert health["engine"]["memory"]["active_bytes"] > 500e6  # the weights at least
     assert (
         health["ready"] is True
         and health["model"] == "smollm2-135m"

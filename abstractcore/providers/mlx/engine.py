@@ -163,6 +163,7 @@ class MLXEngine:
         stats["cpu_ops_not_replaced"] = [] if setup is None else list(setup.cpu_ops_missing)
         if setup is not None:
             stats["mlx_lm"] = setup.compat.stats()
+        stats["memory"] = _mlx_memory()
         return stats
 
     def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
@@ -342,3 +343,16 @@ class MLXEngine:
                 mx.clear_cache()
             except Exception:  # best effort at teardown
                 log.debug("mx.clear_cache() failed at engine shutdown", exc_info=True)
+
+
+def _mlx_memory() -> dict[str, int]:
+    """MLX's allocator, process-wide (the model's weights included): bytes held by live
+    arrays (``active``), freed buffers kept for reuse (``cache``), the high-water mark
+    (``peak``). The prompt cache's own share is ``prompt_cache.bytes``."""
+    import mlx.core as mx
+
+    return {
+        "active_bytes": int(mx.get_active_memory()),
+        "cache_bytes": int(mx.get_cache_memory()),
+        "peak_bytes": int(mx.get_peak_memory()),
+    }

@@ -127,7 +127,8 @@ class MLXProvider(BaseProvider):
         speedups were verified against it, and what is off if not: compat.py), and
         ``prompt_cache`` (enabled, reason,
         entries, bytes, budget, hits, misses, evictions, tokens_saved, in_use, keyed_entries,
-        prefix_nodes), and ``grammars`` (cached, compiles, cache_hits, compile_s: grammar.py)."""
+        prefix_nodes), ``grammars`` (cached, compiles, cache_hits, compile_s: grammar.py) and
+        ``memory`` (MLX's active_bytes, cache_bytes and peak_bytes, process-wide)."""
         return {**self._engine.stats(), "grammars": self._jobs.grammars.stats()}
 
     def save_prompt_cache(self, key: str, path: str | os.PathLike[str]) -> Path:

@@ -239,6 +239,8 @@ def test_stats_report_engine_counters(mlx_llm: Any) -> None:
     ):  # fmt: skip
         assert key in stats
     assert stats["finished"] > 0 and stats["decode_tok_s"] > 0
+    memory = stats["memory"]  # MLX's allocator: the weights alone are ~540 MB
+    assert memory["peak_bytes"] >= memory["active_bytes"] > 500e6 and memory["cache_bytes"] >= 0
 
 
 def _counts(usage: Any) -> tuple[int, int]:
