@@ -215,7 +215,7 @@ def _mask_grammar_rows(logits: Any, inputs: Any, rows: list[tuple[int, Any]]) ->
     for i, procs in rows:
         for proc in procs:
             proc.observe(tokens[i])
-            proc.fill(words[i])
+            proc.fill(words, i)
     return mx.where(allowed_tokens(words, vocab), logits, -mx.inf)
 
 

@@ -56,11 +56,9 @@ class RowGrammar:
 
         self._matcher = matcher
         self._eos = list(eos)
-        self._vocab = vocab
-        self._words = (vocab + 31) // 32
         self._calls = 0
         self.error: str | None = None
-        self._row = np.zeros((1, self._words), dtype=np.int32)
+        self._own = np.zeros((1, (vocab + 31) // 32), dtype=np.int32)  # for __call__
 
     def observe(self, token: int) -> None:
         """The token sampled after the previous mask (ignored before the first mask: that
@@ -71,16 +69,17 @@ class RowGrammar:
         if not self._matcher.consume_token(int(token)) or self._matcher.is_error():
             self.error = self._matcher.get_error() or f"token {token} was not allowed"
 
-    def fill(self, words: Any) -> None:
-        """Write the allowed-token bitmask (``vocab / 32`` int32 words) into ``words``."""
+    def fill(self, bitmask: Any, row: int) -> None:
+        """Write the allowed-token bitmask (``vocab / 32`` int32 words) into row ``row`` of
+        ``bitmask`` (numpy int32, ``[rows, vocab / 32]``), in place."""
         if self.error is None and not self._matcher.is_error():
             from llguidance.numpy import fill_next_token_bitmask
 
-            fill_next_token_bitmask(self._matcher, self._row, 0)
-            words[:] = self._row[0]
+            fill_next_token_bitmask(self._matcher, bitmask, row)
             if self._matcher.is_error():
                 self.error = self._matcher.get_error()
         if self.error is not None:  # only EOS: the request ends and is failed
+            words = bitmask[row]
             words[:] = 0
             for t in self._eos:
                 words[t // 32] |= 1 << (t % 32)
@@ -91,8 +90,8 @@ class RowGrammar:
 
         last = tokens[-1] if len(tokens) else None
         self.observe(0 if last is None else int(last.item() if hasattr(last, "item") else last))
-        self.fill(self._row[0])
-        return mx.where(allowed_tokens(self._row, logits.shape[-1]), logits, -mx.inf)
+        self.fill(self._own, 0)
+        return mx.where(allowed_tokens(self._own, logits.shape[-1]), logits, -mx.inf)
 
 
 def allowed_tokens(words: Any, vocab: int) -> Any:
