@@ -72,6 +72,8 @@ class RowGrammar:
     def fill(self, bitmask: Any, row: int) -> None:
         """Write the allowed-token bitmask (``vocab / 32`` int32 words) into row ``row`` of
         ``bitmask`` (numpy int32, ``[rows, vocab / 32]``), in place."""
+        import numpy as np
+
         if self.error is None and not self._matcher.is_error():
             from llguidance.numpy import fill_next_token_bitmask
 
@@ -79,10 +81,10 @@ class RowGrammar:
             if self._matcher.is_error():
                 self.error = self._matcher.get_error()
         if self.error is not None:  # only EOS: the request ends and is failed
-            words = bitmask[row]
+            words = bitmask[row].view(np.uint32)  # bit 31 set is a negative int32
             words[:] = 0
             for t in self._eos:
-                words[t // 32] |= 1 << (t % 32)
+                words[t // 32] |= np.uint32(1 << (t % 32))
 
     def __call__(self, tokens: Any, logits: Any) -> Any:
         """mlx-lm's logits-processor protocol (one row): consume, then mask."""

@@ -375,3 +375,17 @@ def test_every_generated_benchmark_schema_compiles_and_is_cached(mlx_llm: Any) -
     stats = compiler.stats()
     assert (stats["compiles"], stats["cache_hits"], stats["cached"]) == (201, 201, 201)
     assert mlx_llm.stats()["grammars"]["compiles"] >= 1  # the provider's own compiler reports
+
+
+def test_a_failed_grammar_allows_exactly_the_eos_tokens_whatever_their_bit() -> None:
+    import numpy as np
+
+    from abstractcore.providers.mlx.grammar import RowGrammar, allowed_tokens
+
+    row = RowGrammar(matcher=None, eos=[2, 31, 63], vocab=96)  # 31, 63: bit 31 of a word
+    row.error = "failed"
+    bitmask = np.full((2, 3), -1, dtype=np.int32)
+    row.fill(bitmask, 1)
+    allowed = np.array(allowed_tokens(bitmask, 96))
+    assert allowed[0].all()  # the other row is untouched
+    assert list(np.nonzero(allowed[1])[0]) == [2, 31, 63]
