@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -140,7 +140,13 @@ def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
     ``additionalProperties: false``), or None when strict mode cannot express it (an object
     with optional properties or open extra properties)."""
     out = copy.deepcopy(dict(schema))
-    return out if _close_objects(out) else None
+    for node in _object_schemas(out):
+        props = node.get("properties", {})
+        extra = node.get("additionalProperties", False)
+        if extra is not False or set(node.get("required", [])) != set(props):
+            return None
+        node["additionalProperties"] = False
+    return out
 
 
 def closed_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,36 +155,29 @@ def closed_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     refuses extras), and what keeps a constrained model from inventing fields until its
     tokens run out."""
     out = copy.deepcopy(dict(schema))
-    _default_closed(out)
+    for node in _object_schemas(out):
+        node.setdefault("additionalProperties", False)
     return out
 
 
-def _default_closed(node: Any) -> None:
+#: Keywords whose values are data, not schemas: never walked into.
+_VALUE_KEYWORDS = frozenset({"enum", "const", "default", "examples"})
+
+
+def _object_schemas(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object schema in ``node``, outermost first (the caller may change a node
+    before its children are visited)."""
     if isinstance(node, list):
         for x in node:
-            _default_closed(x)
+            yield from _object_schemas(x)
         return
     if not isinstance(node, dict):
         return
     if node.get("type") == "object" or "properties" in node:
-        node.setdefault("additionalProperties", False)
-    for k, v in node.items():
-        if k not in ("enum", "const", "default", "examples"):
-            _default_closed(v)
-
-
-def _close_objects(node: Any) -> bool:
-    if isinstance(node, list):
-        return all(_close_objects(x) for x in node)
-    if not isinstance(node, dict):
-        return True
-    if node.get("type") == "object" or "properties" in node:
-        props = node.get("properties", {})
-        extra = node.get("additionalProperties", False)
-        if extra is not False or set(node.get("required", [])) != set(props):
-            return False
-        node["additionalProperties"] = False
-    return all(_close_objects(v) for k, v in node.items() if k != "enum" and k != "const")
+        yield node
+    for k, v in list(node.items()):
+        if k not in _VALUE_KEYWORDS:
+            yield from _object_schemas(v)
 
 
 def _from_model(model: Any) -> ResponseFormat:
