@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from abstractcore.bench.cluster_bench import chat_completions_served
+from abstractcore.bench.mlx_lm_server import free_port
 from abstractcore.cluster import POLICIES, NginxNotFoundError, find_nginx, render_nginx_conf
 from abstractcore.cluster.fleet import read_record
 
@@ -63,18 +64,12 @@ def test_a_missing_nginx_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch)
 
 
 # ---------------------------------------------------------------------- a real cluster
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: Any, embedded_model_dir: Path) -> Iterator[dict[str, Any]]:
     if NGINX is None:
         pytest.skip("nginx is not installed")
     run_dir = tmp_path_factory.mktemp("cluster")
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -103,12 +98,6 @@ def cluster(tmp_path_factory: Any, embedded_model_dir: Path) -> Iterator[dict[st
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
     up.stdout.close()
-
-
-def _served(upstream: str) -> int:
-    text = httpx.get(f"http://{upstream}/metrics").text
-    sample = r'^abstractcore_requests_total\{endpoint="chat_completions"[^}]*\} (\S+)$'
-    return int(sum(float(v) for v in re.findall(sample, text, re.M)))
 
 
 def _client(url: str, key: str | None = None) -> Any:
@@ -164,18 +153,18 @@ def test_a_key_sticks_to_one_instance_and_keyless_requests_spread(
     cluster: dict[str, Any],
 ) -> None:
     upstreams = cluster["record"].upstreams
-    before = [_served(u) for u in upstreams]
+    before = [chat_completions_served(u) for u in upstreams]
     msgs = [{"role": "user", "content": "Count to three."}]
     with _client(cluster["url"], key="conversation-7") as keyed:
         for _ in range(4):
             keyed.chat.completions.create(model="smollm2-135m", messages=msgs, max_tokens=2)
-    keyed_counts = [_served(u) - b for u, b in zip(upstreams, before)]
+    keyed_counts = [chat_completions_served(u) - b for u, b in zip(upstreams, before)]
     assert sorted(keyed_counts) == [0, 4], keyed_counts  # all four on one instance
-    before = [_served(u) for u in upstreams]
+    before = [chat_completions_served(u) for u in upstreams]
     with _client(cluster["url"]) as keyless, ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: keyless.chat.completions.create(
             model="smollm2-135m", messages=msgs, max_tokens=8), range(8)))  # fmt: skip
-    spread = [_served(u) - b for u, b in zip(upstreams, before)]
+    spread = [chat_completions_served(u) - b for u, b in zip(upstreams, before)]
     assert sum(spread) == 8 and min(spread) >= 1, spread  # least-conn used both
 
 

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -31,12 +32,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ..cluster import Cluster
 from ..factory import create_llm
 from .cache_workloads import conversation_turns
+from .mlx_lm_server import free_port
 from .prompts import default_prompts_file, load_prompts, select_prompts
 
-__all__ = ["main", "run_multiturn", "run_throughput"]
+__all__ = ["chat_completions_served", "main", "run_multiturn", "run_throughput"]
 
 PARTS = ("multiturn", "throughput")
 
@@ -102,11 +106,13 @@ def run_multiturn(
     for _ in range(repeats):
         for policy in policies:
             with tempfile.TemporaryDirectory() as tmp, Cluster(
-                Path(tmp), instances=instances, serve_args=serve_args, port=_free_port(),
+                Path(tmp), instances=instances, serve_args=serve_args, port=free_port(),
                 policy=policy,
             ) as cluster:  # fmt: skip
                 results = asyncio.run(_conversations(cluster.url, plans, max_tokens, think_s))
-                runs[policy].append(([_served(u) for u in cluster.upstreams], results))
+                runs[policy].append(
+                    ([chat_completions_served(u) for u in cluster.upstreams], results)
+                )
     for policy, policy_runs in runs.items():
         convs = [conv for _, results in policy_runs for conv in results]
         pairs = [(prev, usage) for conv in convs for (_, prev), (_, usage) in zip(conv, conv[1:])]
@@ -169,9 +175,9 @@ def run_throughput(
     serve_args = [*serve_args, "--no-prefix-cache"]
     runs: dict[str, list[float]] = {"direct_1": [], "nginx_1": [], "nginx_2": []}
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, Cluster(
-        Path(a), instances=1, serve_args=serve_args, port=_free_port(), policy="least-conn"
+        Path(a), instances=1, serve_args=serve_args, port=free_port(), policy="least-conn"
     ) as one, Cluster(
-        Path(b), instances=2, serve_args=serve_args, port=_free_port(), policy="least-conn"
+        Path(b), instances=2, serve_args=serve_args, port=free_port(), policy="least-conn"
     ) as two:  # fmt: skip
         targets = {"direct_1": f"http://{one.upstreams[0]}", "nginx_1": one.url, "nginx_2": two.url}
         asyncio.run(_level(one.url, prompts[:2], 2, 4))  # warm-up, unmeasured
@@ -194,23 +200,11 @@ def run_throughput(
     }
 
 
-def _served(upstream: str) -> int:
-    """Chat completions an instance answered (its /metrics)."""
-    import re
-
-    import httpx
-
+def chat_completions_served(upstream: str) -> int:
+    """Chat completions the instance at ``upstream`` answered, from its ``/metrics``."""
     text = httpx.get(f"http://{upstream}/metrics", timeout=5).text
     sample = r'^abstractcore_requests_total\{endpoint="chat_completions"[^}]*\} (\S+)$'
     return int(sum(float(v) for v in re.findall(sample, text, re.M)))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

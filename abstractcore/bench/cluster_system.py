@@ -9,11 +9,11 @@ query travels as ``X-Prompt-Cache-Key``. Stopped with the benchmark, Ctrl-C incl
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 
 from ..cluster import Cluster, find_nginx
+from .mlx_lm_server import free_port
 from .systems import HTTPServerSystem
 from .threads import MLXThreads
 
@@ -43,7 +43,7 @@ class ClusterSystem(HTTPServerSystem):
             Path(self._tmp.name),
             instances=instances,
             serve_args=["--model", model, *serve_args],
-            port=_free_port(),
+            port=free_port(),
             policy=policy,
             start_timeout_s=timeout_s,
             grace_period_s=5.0,
@@ -61,9 +61,3 @@ class ClusterSystem(HTTPServerSystem):
 
     def kill(self) -> None:
         self._cluster.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -25,7 +25,7 @@ from typing import IO, Any
 from .cluster_system import ClusterSystem
 from .metrics import LevelSummary, QueryResult
 from .progress import make_progress
-from .report import _markdown, output_paths
+from .report import _markdown, _num, output_paths
 from .runner import SweepResult, run_level
 from .scenarios import Query
 from .sweep_config import BenchConfig
@@ -64,13 +64,10 @@ def _hit_rate(results: Sequence[QueryResult]) -> float | None:
 
 
 def _row(cell: Cell, s: LevelSummary, results: Sequence[QueryResult]) -> list[Any]:
-    def num(x: float | None, digits: int = 4) -> str:
-        return "" if x is None else f"{x:.{digits}f}"
-
     return [
         cell.instances, cell.max_batch_size, cell.prefill_batch_size, s.concurrency, s.queries,
-        s.completed, s.errors, num(s.wall_s), s.output_tokens, num(s.throughput_tok_s, 2),
-        num(s.ttft_p50_s), num(s.ttft_p95_s), num(_hit_rate(results), 3),
+        s.completed, s.errors, _num(s.wall_s), s.output_tokens, _num(s.throughput_tok_s, 2),
+        _num(s.ttft_p50_s), _num(s.ttft_p95_s), _num(_hit_rate(results), 3),
         "true" if s.complete else "false",
     ]  # fmt: skip
 
@@ -155,11 +152,7 @@ def run_full(config: BenchConfig, plan: dict[int, list[Query]], name: str) -> in
         rows = list(csv.DictReader(fh))
     if rows:
         _plot(rows, csv_path.with_suffix(".png"), f"{config.model}: full sweep")
-        print(
-            _markdown(
-                list(rows[0]), [list(r.values()) for r in _ranked(rows, "throughput_tps", 10)]
-            )
-        )
+        print(_rows_table(_ranked(rows, "throughput_tps", 10)))
     return 0 if finished else 130
 
 
@@ -218,6 +211,11 @@ def top_command(path: str, field: str, count: int) -> int:
     except (OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    header = list(rows[0]) if rows else [field]
-    print(_markdown(header, [[r[h] for h in header] for r in rows]))
+    print(_rows_table(rows) if rows else _markdown([field], []))
     return 0
+
+
+def _rows_table(rows: list[dict[str, str]]) -> str:
+    """CSV rows (all with the same columns) as a Markdown table."""
+    header = list(rows[0])
+    return _markdown(header, [[r[h] for h in header] for r in rows])

@@ -130,8 +130,9 @@ class ProviderSystem(System):
         except Exception as exc:  # noqa: BLE001 - a failed request is a measurement, not a crash
             out.error = _describe(exc)
         end = time.perf_counter()
-        if out.first is None and out.first_to_end_s is not None:
-            out.first = max(start, end - out.first_to_end_s)
+        first = out.arrivals.first
+        if first is None and out.first_to_end_s is not None:
+            first = max(start, end - out.first_to_end_s)
         usage = out.usage if out.usage is not None and out.usage.reported else None
         return QueryResult(
             system=self.name,
@@ -142,12 +143,12 @@ class ProviderSystem(System):
             # Without usage (a server that omits it) each content chunk is one token.
             output_tokens=usage.completion_tokens if usage else out.chunks,
             cached_tokens=usage.cached_tokens if usage else 0,
-            ttft_s=None if out.first is None else out.first - start,
+            ttft_s=None if first is None else first - start,
             duration_s=end - start,
             finish_reason=out.finish,
             error=out.error,
             valid=_validity(query, "".join(out.text)),
-            gaps_s=tuple(out.gaps) if out.error is None else (),
+            gaps_s=tuple(out.arrivals.gaps) if out.error is None else (),
         )
 
     async def _stream(self, kwargs: dict[str, Any], out: _Outcome) -> None:
@@ -155,14 +156,9 @@ class ProviderSystem(System):
         async with _aclosing(stream):
             async for chunk in stream:
                 if chunk.content:
-                    now = time.perf_counter()
+                    out.arrivals.tick()
                     out.chunks += 1
                     out.text.append(chunk.content)
-                    if out.first is None:
-                        out.first = now
-                    else:
-                        out.gaps.append(now - out.last)
-                    out.last = now
                 if chunk.usage is not None:
                     out.usage = chunk.usage
                 if chunk.finish_reason is not None:
@@ -255,11 +251,9 @@ class SerialMLXSystem(System):
             prompt = self._tokenizer.apply_chat_template(query.messages, add_generation_prompt=True)
             if params.seed is not None:
                 mx.random.seed(params.seed)
-            first: float | None = None
+            arrivals = _Arrivals()
             last: Any = None
             text: list[str] = []
-            gaps: list[float] = []
-            previous = 0.0
             for last in stream_generate(
                 self._model,
                 self._tokenizer,
@@ -269,12 +263,7 @@ class SerialMLXSystem(System):
             ):
                 text.append(last.text)
                 if last.text:
-                    now = time.perf_counter()
-                    if first is None:
-                        first = now
-                    else:
-                        gaps.append(now - previous)
-                    previous = now
+                    arrivals.tick()
                 if self._stop.is_set():
                     break
             end = time.perf_counter()
@@ -286,11 +275,11 @@ class SerialMLXSystem(System):
         return {
             "prompt_tokens": last.prompt_tokens,
             "output_tokens": tokens,
-            "first": first,
+            "first": arrivals.first,
             "end": end,
             "finish": finish,
             "text": "".join(text),
-            "gaps": tuple(gaps),
+            "gaps": tuple(arrivals.gaps),
         }
 
     async def close(self) -> None:
@@ -397,6 +386,24 @@ def _load_mlx_lm(model_ref: str) -> tuple[Any, Any]:
 
 
 @dataclass
+class _Arrivals:
+    """When a stream's content chunks arrived: the first, then the gaps between them."""
+
+    first: float | None = None  # perf_counter() at the first content chunk
+    gaps: list[float] = field(default_factory=list)
+    _last: float = 0.0
+
+    def tick(self) -> None:
+        """A content chunk arrived now."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        else:
+            self.gaps.append(now - self._last)
+        self._last = now
+
+
+@dataclass
 class _Outcome:
     """What one query produced, filled in as it runs (a failure keeps what came before)."""
 
@@ -405,9 +412,7 @@ class _Outcome:
     error: str | None = None
     chunks: int = 0
     text: list[str] = field(default_factory=list)
-    gaps: list[float] = field(default_factory=list)  # between content chunks (streaming)
-    last: float = 0.0
-    first: float | None = None  # perf_counter() at the first content chunk (streaming)
+    arrivals: _Arrivals = field(default_factory=_Arrivals)  # content chunks (streaming)
     first_to_end_s: float | None = None  # provider-measured first token -> end (agenerate)
 
 
