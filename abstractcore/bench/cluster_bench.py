@@ -62,9 +62,9 @@ async def _turn(llm: Any, messages: list[dict[str, str]], key: str | None, token
 
 
 async def _conversations(
-    url: str, plans: list[list[list[dict[str, str]]]], tokens: int, think_s: float
+    url: str, model: str, plans: list[list[list[dict[str, str]]]], tokens: int, think_s: float
 ) -> Any:
-    llm = create_llm("openai-compatible", model="smollm2-135m", base_url=f"{url}/v1")
+    llm = create_llm("openai-compatible", model=model, base_url=f"{url}/v1")
     rng = random.Random(0)  # the same think times for every policy
     pauses = [[rng.uniform(0, think_s) for _ in turns] for turns in plans]
     try:
@@ -82,7 +82,7 @@ async def _conversations(
 
 
 def run_multiturn(
-    serve_args: Sequence[str],
+    model: str,
     prompts_file: Path,
     *,
     instances: int = 2,
@@ -106,10 +106,12 @@ def run_multiturn(
     for _ in range(repeats):
         for policy in policies:
             with tempfile.TemporaryDirectory() as tmp, Cluster(
-                Path(tmp), instances=instances, serve_args=serve_args, port=free_port(),
+                Path(tmp), instances=instances, serve_args=["--model", model], port=free_port(),
                 policy=policy,
             ) as cluster:  # fmt: skip
-                results = asyncio.run(_conversations(cluster.url, plans, max_tokens, think_s))
+                results = asyncio.run(
+                    _conversations(cluster.url, model, plans, max_tokens, think_s)
+                )
                 runs[policy].append(
                     ([chat_completions_served(u) for u in cluster.upstreams], results)
                 )
@@ -142,8 +144,10 @@ def run_multiturn(
     return report
 
 
-async def _level(url: str, questions: Sequence[str], concurrency: int, tokens: int) -> float:
-    llm = create_llm("openai-compatible", model="smollm2-135m", base_url=f"{url}/v1")
+async def _level(
+    url: str, model: str, questions: Sequence[str], concurrency: int, tokens: int
+) -> float:
+    llm = create_llm("openai-compatible", model=model, base_url=f"{url}/v1")
     gate = asyncio.Semaphore(concurrency)
     try:
 
@@ -160,7 +164,7 @@ async def _level(url: str, questions: Sequence[str], concurrency: int, tokens: i
 
 
 def run_throughput(
-    serve_args: Sequence[str],
+    model: str,
     prompts_file: Path,
     *,
     queries: int = 32,
@@ -172,7 +176,7 @@ def run_throughput(
     prompts = [p.text for p in load_prompts(prompts_file)]
     # Runs reuse prompts (the set is finite): the instances' prefix store is off, so no run
     # is answered from an earlier run's cache.
-    serve_args = [*serve_args, "--no-prefix-cache"]
+    serve_args = ["--model", model, "--no-prefix-cache"]
     runs: dict[str, list[float]] = {"direct_1": [], "nginx_1": [], "nginx_2": []}
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b, Cluster(
         Path(a), instances=1, serve_args=serve_args, port=free_port(), policy="least-conn"
@@ -180,13 +184,13 @@ def run_throughput(
         Path(b), instances=2, serve_args=serve_args, port=free_port(), policy="least-conn"
     ) as two:  # fmt: skip
         targets = {"direct_1": f"http://{one.upstreams[0]}", "nginx_1": one.url, "nginx_2": two.url}
-        asyncio.run(_level(one.url, prompts[:2], 2, 4))  # warm-up, unmeasured
-        asyncio.run(_level(two.url, prompts[:4], 4, 4))
+        asyncio.run(_level(one.url, model, prompts[:2], 2, 4))  # warm-up, unmeasured
+        asyncio.run(_level(two.url, model, prompts[:4], 4, 4))
         for r in range(repeats):
             for i, (name, url) in enumerate(targets.items()):
                 start = ((r * len(targets) + i) * queries) % len(prompts)
                 batch = [*prompts, *prompts][start : start + queries]
-                runs[name].append(asyncio.run(_level(url, batch, concurrency, max_tokens)))
+                runs[name].append(asyncio.run(_level(url, model, batch, concurrency, max_tokens)))
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "queries": queries,
@@ -221,17 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--prompts", type=Path, default=default_prompts_file())
     p.add_argument("--out", type=Path, default=Path("test_results/cluster"))
     args = p.parse_args(argv)
-    serve_args = ["--model", args.model]
     report: dict[str, Any] = {"model": args.model}
     if "multiturn" in args.parts:
         report["multiturn"] = run_multiturn(
-            serve_args, args.prompts, instances=args.instances,
+            args.model, args.prompts, instances=args.instances,
             conversations=args.conversations, turns=args.turns, think_s=args.think,
             repeats=args.repeats,
         )  # fmt: skip
     if "throughput" in args.parts:
         report["throughput"] = run_throughput(
-            serve_args, args.prompts, queries=args.queries, concurrency=args.concurrency,
+            args.model, args.prompts, queries=args.queries, concurrency=args.concurrency,
             repeats=args.repeats,
         )  # fmt: skip
     text = json.dumps(report, indent=2)
