@@ -96,9 +96,9 @@ def tool_json(tool: Tool) -> dict[str, Any]:
 def render_messages(
     messages: Sequence[Message], tools: Sequence[Tool], fmt: ToolFormat | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The chat-template input for ``messages`` (and ``tools``, rendered as ``fmt`` says):
-    (messages as dicts, extra ``apply_chat_template`` keyword arguments)."""
-    if fmt is None or (not tools and not any(m.tool_calls for m in messages)):
+    """The chat-template input for ``messages`` (and ``tools``, rendered as ``fmt`` says;
+    None: plain messages): (messages as dicts, extra ``apply_chat_template`` arguments)."""
+    if fmt is None:
         return [_plain(m) for m in messages], {}
     if fmt.native:
         out = [_native(m) for m in messages]
