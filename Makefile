@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= mlx,server,bench,dev
 STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
 
-.PHONY: setup system-deps model test test-fast lint bench bench-quick clean
+.PHONY: setup system-deps model test test-fast lint bench bench-quick llama-server clean
 
 setup: system-deps $(STAMP) model
 
@@ -64,6 +64,11 @@ bench: setup
 
 bench-quick: setup
 	$(PY) examples/mlx_concurrency_benchmark.py --quick
+
+# llama.cpp's server for `--compare llama-server` (docs/concurrency.md), built from the llama.cpp
+# source vendored in the llama-cpp-python sdist (~6 min on 2 cores); not needed by the tests.
+llama-server: $(STAMP)
+	bash scripts/build_llama_server.sh $(PY)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

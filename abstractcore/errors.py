@@ -21,6 +21,7 @@ __all__ = [
     "GenerationCancelledError",
     "InvalidRequestError",
     "MaxTurnsExceededError",
+    "MemoryBudgetError",
     "ModelNotFoundError",
     "OverloadedError",
     "ProviderAPIError",
@@ -102,6 +103,11 @@ class ModelNotFoundError(ProviderError):
 
 class ContextLengthError(InvalidRequestError):
     """The prompt (plus requested output) does not fit the model's context window."""
+
+
+class MemoryBudgetError(ContextLengthError):
+    """The request's KV cache (prompt plus requested output) can never fit the memory the
+    engine may give running requests (``kv_cache_bytes``); refused before it is queued."""
 
 
 class ProviderUnavailableError(ProviderError):

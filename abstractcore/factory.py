@@ -28,6 +28,7 @@ _BUILTIN: dict[str, str] = {
     "openai": "abstractcore.providers.openai:OpenAIProvider",
     "openai-compatible": "abstractcore.providers.openai:OpenAICompatibleProvider",
     "lmstudio": "abstractcore.providers.openai:LMStudioProvider",
+    "llamacpp": "abstractcore.providers.llamacpp:LlamaCppProvider",
     "anthropic": "abstractcore.providers.anthropic:AnthropicProvider",
     "ollama": "abstractcore.providers.ollama:OllamaProvider",
     "mlx": "abstractcore.providers.mlx.provider:MLXProvider",

@@ -60,6 +60,7 @@ EXPECTED_ERRORS = [
     "InvalidRequestError",
     "ModelNotFoundError",
     "ContextLengthError",
+    "MemoryBudgetError",
     "ProviderUnavailableError",
     "ProviderAPIError",
     "RequestTimeoutError",

@@ -37,6 +37,8 @@ from .sweep_config import (
     ENGINE,
     ENGINE_STREAM,
     INTERLEAVED,
+    LLAMA_SERVER,
+    LLAMA_SERVER_QUANT,
     MLX_LM_SERVER,
     ORDERS,
     SERIAL,
@@ -135,8 +137,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compare", nargs="*", metavar="SYSTEM",
-        help=f"also measure: {SERIAL}, {MLX_LM_SERVER}, {ENGINE}, {ENGINE_STREAM}, "
-        "or a profile name",
+        help=f"also measure: {SERIAL}, {MLX_LM_SERVER}, {LLAMA_SERVER} (llama.cpp on the "
+        f"engine's weights), {LLAMA_SERVER_QUANT} (on the GGUF's quantization), {ENGINE}, "
+        f"{ENGINE_STREAM}, or a profile name",
     )  # fmt: skip
     p.add_argument("--scenario", default="independent", help="workload (default: independent)")
     p.add_argument(

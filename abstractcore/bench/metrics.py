@@ -83,6 +83,12 @@ class LevelSummary:
     itl_p50_s: float | None = None
     itl_p95_s: float | None = None
     max_stall_s: float | None = None
+    #: The most memory the system held during the level: MLX's active memory for an
+    #: in-process engine (the process's, so other in-process systems' weights count too), the
+    #: server process's resident set for a server the benchmark started; None if unknown.
+    peak_memory_bytes: int | None = None
+    #: The MLX engine's largest KV reservation during the level (memory_plan.py).
+    peak_kv_reserved_bytes: int | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -115,6 +121,8 @@ def summarize(
     queries: int | None = None,
     outside_model_share: float | None = None,
     complete: bool = True,
+    peak_memory_bytes: int | None = None,
+    peak_kv_reserved_bytes: int | None = None,
 ) -> LevelSummary:
     """Summarize one level; failed requests count as errors and add no tokens or timings."""
     ok = [r for r in results if r.ok]
@@ -145,4 +153,6 @@ def summarize(
         itl_p50_s=percentile(gaps, 50),
         itl_p95_s=percentile(gaps, 95),
         max_stall_s=max(gaps) if gaps else None,
+        peak_memory_bytes=peak_memory_bytes,
+        peak_kv_reserved_bytes=peak_kv_reserved_bytes,
     )

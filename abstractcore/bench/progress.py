@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .metrics import LevelSummary, QueryResult
@@ -29,6 +30,22 @@ class Progress:
         self.errors = 0
         self.tokens = 0
         self.started = 0.0
+        #: The system's count of tokens generated so far (System.tokens_generated), and its
+        #: value when the round began: progress then includes queries still running.
+        self._source: Callable[[], int | None] | None = None
+        self._base = 0
+
+    def track(self, source: Callable[[], int | None]) -> None:
+        """Count the running round's tokens from ``source`` (called after level_started)."""
+        base = source()
+        self._source, self._base = (None, 0) if base is None else (source, base)
+
+    @property
+    def generated(self) -> int:
+        """Tokens of the running round so far: of running queries too when the system
+        counts them, else of the finished queries."""
+        now = None if self._source is None else self._source()
+        return self.tokens if now is None else max(self.tokens, now - self._base)
 
     def message(self, text: str) -> None:
         """A free-form status line (system starting, warm-up, failures)."""
@@ -41,6 +58,7 @@ class Progress:
         self.system, self.concurrency, self.total = system, concurrency, total
         self.round_index, self.rounds = round_index, rounds
         self.done = self.errors = self.tokens = 0
+        self._source, self._base = None, 0
         self.started = time.perf_counter()
 
     def query_done(self, result: QueryResult) -> None:
@@ -67,11 +85,12 @@ class Progress:
     def status_line(self) -> str:
         """One line describing the running round so far."""
         elapsed = time.perf_counter() - self.started
-        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        tokens = self.generated
+        rate = tokens / elapsed if elapsed > 0 else 0.0
         err = f", {self.errors} errors" if self.errors else ""
         return (
             f"{self.label} {self.done}/{self.total} queries, "
-            f"{self.tokens} tokens, {rate:.1f} tok/s, {elapsed:.1f} s{err}"
+            f"{tokens} tokens, {rate:.1f} tok/s, {elapsed:.1f} s{err}"
         )
 
 

@@ -34,6 +34,7 @@ SUMMARY_COLUMNS = [
     "ttft_avg_s", "ttft_p50_s", "ttft_p95_s",
     "decode_tok_s_avg", "per_query_tok_s_avg", "outside_model_share", "complete",
     "structured", "valid", "itl_p50_s", "itl_p95_s", "max_stall_s",
+    "peak_memory_bytes", "peak_kv_reserved_bytes",
 ]  # fmt: skip
 
 QUERY_COLUMNS = [
@@ -94,6 +95,7 @@ def write_summary_csv(path: Path, summaries: Iterable[LevelSummary]) -> None:
                 _num(s.decode_tok_s_avg, 2), _num(s.per_query_tok_s_avg, 2),
                 _num(s.outside_model_share), "true" if s.complete else "false",
                 s.structured, s.valid, _num(s.itl_p50_s), _num(s.itl_p95_s), _num(s.max_stall_s),
+                _int(s.peak_memory_bytes), _int(s.peak_kv_reserved_bytes),
             ])  # fmt: skip
 
 
@@ -157,7 +159,7 @@ def format_table(summaries: Sequence[LevelSummary]) -> str:
     header = [
         "system", "conc", "queries", "errors", "wall s", "tok/s", "TTFT avg s",
         "TTFT p50 s", "TTFT p95 s", "decode tok/s", "per-query tok/s", "ITL p50/p95 ms",
-        "max stall s",
+        "max stall s", "peak mem GB",
     ]  # fmt: skip
     structured = any(s.structured for s in summaries)
     if structured:
@@ -168,12 +170,20 @@ def format_table(summaries: Sequence[LevelSummary]) -> str:
             f"{s.completed}/{s.queries}", str(s.errors), _f(s.wall_s, 1),
             _f(s.throughput_tok_s, 1), _f(s.ttft_avg_s, 2), _f(s.ttft_p50_s, 2),
             _f(s.ttft_p95_s, 2), _f(s.decode_tok_s_avg, 1), _f(s.per_query_tok_s_avg, 1),
-            _itl(s), _f(s.max_stall_s, 2),
+            _itl(s), _f(s.max_stall_s, 2), _gb(s.peak_memory_bytes),
             *([f"{s.valid}/{s.structured}"] if structured else []),
         ]
         for s in summaries
     ]  # fmt: skip
     return _markdown(header, rows)
+
+
+def _gb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**30:.2f}"
+
+
+def _int(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _itl(s: LevelSummary) -> str:

@@ -60,6 +60,8 @@ class RoundResult:
     wall_s: float
     in_model_s: float | None  # seconds the MLX engine spent in model steps
     complete: bool
+    #: The most the system held while the round ran (System.memory_sample), per kind.
+    peak: dict[str, int] = field(default_factory=dict)
 
 
 def split_rounds(
@@ -116,7 +118,10 @@ async def run_round(
     progress.level_started(
         system.name, concurrency, len(queries), round_index=round_index, rounds=rounds
     )
+    progress.track(system.tokens_generated)
     before = system.engine_stats()
+    peak: dict[str, int] = {}
+    watch = asyncio.create_task(_watch_memory(system, peak))
     start = time.perf_counter()
     tasks = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(queries)))]
     complete = False
@@ -125,14 +130,30 @@ async def run_round(
         complete = True
     finally:
         wall = time.perf_counter() - start
-        for t in tasks:
+        for t in [*tasks, watch]:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, watch, return_exceptions=True)
+        _note_peak(system, peak)
         in_model = _model_time(before, system.engine_stats()) if complete else None
-        into.append(RoundResult(done, wall, in_model, complete))
+        into.append(RoundResult(done, wall, in_model, complete, peak))
         if rounds > 1 and complete:
             progress.round_done()
     return into[-1]
+
+
+#: Seconds between two memory samples during a round.
+MEMORY_SAMPLE_S = 0.25
+
+
+async def _watch_memory(system: System, peak: dict[str, int]) -> None:
+    while True:
+        _note_peak(system, peak)
+        await asyncio.sleep(MEMORY_SAMPLE_S)
+
+
+def _note_peak(system: System, peak: dict[str, int]) -> None:
+    for kind, value in (system.memory_sample() or {}).items():
+        peak[kind] = max(peak.get(kind, 0), value)
 
 
 def summarize_rounds(
@@ -148,9 +169,14 @@ def summarize_rounds(
     share = None
     if rounds and wall > 0 and all(x is not None for x in in_model):
         share = max(0.0, min(1.0, 1.0 - sum(x for x in in_model if x is not None) / wall))
+    peak: dict[str, int] = {}
+    for r in rounds:
+        for kind, value in r.peak.items():
+            peak[kind] = max(peak.get(kind, 0), value)
     return summarize(
         system, concurrency, results, wall, queries=queries, outside_model_share=share,
         complete=all(r.complete for r in rounds) and len(results) == queries,
+        peak_memory_bytes=peak.get("memory"), peak_kv_reserved_bytes=peak.get("kv_reserved"),
     )  # fmt: skip
 
 

@@ -10,6 +10,8 @@ __all__ = [
     "ENGINE",
     "ENGINE_STREAM",
     "INTERLEAVED",
+    "LLAMA_SERVER",
+    "LLAMA_SERVER_QUANT",
     "MLX_LM_SERVER",
     "ORDERS",
     "SEQUENTIAL",
@@ -25,6 +27,10 @@ ENGINE = "engine"  # the MLX provider through agenerate(), as an app awaits answ
 ENGINE_STREAM = "engine-stream"  # the same provider through astream(), token by token
 SERIAL = "serial"
 MLX_LM_SERVER = "mlx-lm-server"
+# llama.cpp's server on the same weights as the engine (float32 on the CPU), and on the GGUF's
+# own quantization (llama_server.py).
+LLAMA_SERVER = "llama-server"
+LLAMA_SERVER_QUANT = "llama-server-quant"
 
 # How systems take turns (runner.py): level by level in rotating rounds, or one after another.
 INTERLEAVED = "interleaved"

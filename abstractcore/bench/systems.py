@@ -12,15 +12,26 @@ from typing import Any
 
 from ..errors import ConfigurationError, GenerationCancelledError, StructuredOutputError
 from ..factory import available_providers, canonical_name, create_llm
+from .llama_server import LlamaServer, serves_float32
 from .metrics import QueryResult
 from .mlx_lm_server import MLXLMServer
 from .scenarios import Query
 from .schemas import answer_is_valid
-from .sweep_config import ENGINE, ENGINE_STREAM, MLX_LM_SERVER, SERIAL, BenchConfig, GenParams
+from .sweep_config import (
+    ENGINE,
+    ENGINE_STREAM,
+    LLAMA_SERVER,
+    LLAMA_SERVER_QUANT,
+    MLX_LM_SERVER,
+    SERIAL,
+    BenchConfig,
+    GenParams,
+)
 from .threads import MLXThreads
 
 __all__ = [
     "HTTPServerSystem",
+    "LlamaServerSystem",
     "MLXLMServerSystem",
     "ProviderSystem",
     "SerialMLXSystem",
@@ -61,6 +72,16 @@ class System(ABC):
         """The backend's own counters (``llm.stats()``) when it has them."""
         return None
 
+    def tokens_generated(self) -> int | None:
+        """Tokens generated so far, counting queries still running (progress lines); None
+        when only finished queries can be counted."""
+        return None
+
+    def memory_sample(self) -> dict[str, int] | None:
+        """What the system holds now: ``memory`` (bytes) and, for the MLX engine,
+        ``kv_reserved``; None when it cannot be seen from here."""
+        return None
+
     @abstractmethod
     async def close(self) -> None:
         """Release everything :meth:`start` acquired; safe to call twice."""
@@ -85,6 +106,7 @@ class ProviderSystem(System):
         self.stream = stream
         self._threads = MLXThreads(f"bench-{name}-load", 1)
         self.llm: Any = None
+        self._streamed = 0  # content chunks received, all queries together
 
     async def start(self) -> None:
         # Constructing a provider may load a model (MLX): off the loop, on a thread we reap.
@@ -158,6 +180,7 @@ class ProviderSystem(System):
                 if chunk.content:
                     out.arrivals.tick()
                     out.chunks += 1
+                    self._streamed += 1
                     out.text.append(chunk.content)
                 if chunk.usage is not None:
                     out.usage = chunk.usage
@@ -185,6 +208,21 @@ class ProviderSystem(System):
 
             value = dataclasses.asdict(value)
         return dict(value) if isinstance(value, dict) else None
+
+    def tokens_generated(self) -> int | None:
+        if self.stream:
+            return self._streamed
+        generated = (self.engine_stats() or {}).get("generated_tokens")  # the MLX engine's
+        return generated if isinstance(generated, int) else None
+
+    def memory_sample(self) -> dict[str, int] | None:
+        memory = (self.engine_stats() or {}).get("memory")
+        if not isinstance(memory, dict) or "active_bytes" not in memory:
+            return None
+        out = {"memory": int(memory["active_bytes"])}
+        if "kv_reserved_bytes" in memory:
+            out["kv_reserved"] = int(memory["kv_reserved_bytes"])
+        return out
 
     async def close(self) -> None:
         await self._threads.shutdown()  # a Ctrl-C during loading: let the load finish first
@@ -306,6 +344,17 @@ class HTTPServerSystem(System):
     async def shutdown(self) -> None:
         """Stop what :meth:`launch` started; safe to call twice."""
 
+    def server_pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None
+
+    def tokens_generated(self) -> int | None:
+        return None if self._client is None else self._client.tokens_generated()
+
+    def memory_sample(self) -> dict[str, int] | None:
+        rss = resident_bytes(self.server_pid())
+        return None if rss is None else {"memory": rss}
+
     async def start(self) -> None:
         base_url = await self.launch()
         options = {"provider": "openai-compatible", "model": self._model_id, "base_url": base_url}
@@ -327,13 +376,10 @@ class HTTPServerSystem(System):
             await self.shutdown()
 
 
-class MLXLMServerSystem(HTTPServerSystem):
-    """mlx-lm's own server on loopback."""
+class _ChildServerSystem(HTTPServerSystem):
+    """A server that is one child process of the benchmark (child_server.py)."""
 
-    def __init__(self, model: str, max_concurrency: int, start_timeout_s: float) -> None:
-        # "default_model" is the server's name for the model it was started with.
-        super().__init__(MLX_LM_SERVER, "default_model")
-        self._server = MLXLMServer(model, max_concurrency, start_timeout_s)
+    _server: MLXLMServer | LlamaServer
 
     async def launch(self) -> str:
         return await self._server.start()
@@ -341,8 +387,35 @@ class MLXLMServerSystem(HTTPServerSystem):
     async def shutdown(self) -> None:
         await self._server.stop()
 
+    def server_pid(self) -> int | None:
+        proc = self._server.proc
+        return None if proc is None else proc.pid
+
     def kill(self) -> None:
         self._server.kill()
+
+
+class MLXLMServerSystem(_ChildServerSystem):
+    """mlx-lm's own server on loopback."""
+
+    def __init__(self, model: str, max_concurrency: int, start_timeout_s: float) -> None:
+        # "default_model" is the server's name for the model it was started with.
+        super().__init__(MLX_LM_SERVER, "default_model")
+        self._server = MLXLMServer(model, max_concurrency, start_timeout_s)
+
+
+class LlamaServerSystem(_ChildServerSystem):
+    """llama.cpp's ``llama-server`` on loopback, one slot per request of the highest level
+    (started fresh with the benchmark: it keeps earlier prompts in its slots)."""
+
+    def __init__(self, name: str, model: str, slots: int, start_timeout_s: float) -> None:
+        super().__init__(name, model)
+        float32 = name == LLAMA_SERVER and serves_float32()
+        self._llama = LlamaServer(model, slots, start_timeout_s, float32=float32, label=name)
+        self._server = self._llama
+
+    def check(self) -> None:
+        self._llama.check()
 
 
 def build_system(name: str, config: BenchConfig) -> System:
@@ -352,6 +425,8 @@ def build_system(name: str, config: BenchConfig) -> System:
         return SerialMLXSystem(config.model)
     if name == MLX_LM_SERVER:
         return MLXLMServerSystem(config.model, max_level, config.server_start_timeout_s)
+    if name in (LLAMA_SERVER, LLAMA_SERVER_QUANT):
+        return LlamaServerSystem(name, config.model, max_level, config.server_start_timeout_s)
     if name == config.primary_name:
         options: dict[str, Any] = {"provider": config.provider, "model": config.model}
         if config.profile:
@@ -369,6 +444,20 @@ def build_system(name: str, config: BenchConfig) -> System:
         options = {"provider": "mlx", "model": config.model, "max_batch_size": max(32, max_level)}
         return ProviderSystem(name, options, stream=name == ENGINE_STREAM)
     return ProviderSystem(name, {"profile": name})
+
+
+def resident_bytes(pid: int | None) -> int | None:
+    """A process's resident set (Linux ``/proc``); None elsewhere or once it is gone."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _drop_none(options: dict[str, Any]) -> dict[str, Any]:

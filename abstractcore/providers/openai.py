@@ -33,7 +33,13 @@ from .openai_tools import (
     tool_calls_of,
 )
 
-__all__ = ["LMStudioProvider", "OpenAICompatibleProvider", "OpenAIProvider", "OpenAIWire"]
+__all__ = [
+    "LMStudioProvider",
+    "LocalServerProvider",
+    "OpenAICompatibleProvider",
+    "OpenAIProvider",
+    "OpenAIWire",
+]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LMSTUDIO_BASE_URL = "http://localhost:1234/v1"
@@ -256,6 +262,8 @@ class _OpenAIFamily(HTTPProvider):
 
     max_tokens_field: ClassVar[str] = "max_tokens"
     supports_top_k: ClassVar[bool] = True
+    #: The wire format (a server with fields of its own subclasses it: llamacpp.py).
+    wire_class: ClassVar[type[OpenAIWire]] = OpenAIWire
 
     def __init__(
         self,
@@ -270,7 +278,7 @@ class _OpenAIFamily(HTTPProvider):
         super().__init__(
             model, base_url=base_url, timeout=timeout, max_retries=max_retries, **defaults
         )
-        self._wire = OpenAIWire(
+        self._wire = self.wire_class(
             model,
             self.provider_name,
             api_key,
@@ -343,10 +351,13 @@ class OpenAICompatibleProvider(_OpenAIFamily):
         )
 
 
-class LMStudioProvider(_OpenAIFamily):
-    """LM Studio's local server (default http://localhost:1234/v1); no key needed."""
+class LocalServerProvider(_OpenAIFamily):
+    """A local Chat Completions server with a known default address; no key needed.
+    Subclasses name the default and the environment variables that override it."""
 
-    provider_name: ClassVar[str] = "lmstudio"
+    default_base_url: ClassVar[str]
+    base_url_env: ClassVar[str | None] = None
+    api_key_env: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -358,11 +369,20 @@ class LMStudioProvider(_OpenAIFamily):
         max_retries: int = 2,
         **defaults: Any,
     ) -> None:
+        env_url = env_setting(self.base_url_env) if self.base_url_env else None
+        env_key = env_setting(self.api_key_env) if self.api_key_env else None
         super().__init__(
             model,
-            base_url=base_url or LMSTUDIO_BASE_URL,
-            api_key=api_key,
+            base_url=base_url or env_url or self.default_base_url,
+            api_key=api_key or env_key,
             timeout=timeout,
             max_retries=max_retries,
             **defaults,
         )
+
+
+class LMStudioProvider(LocalServerProvider):
+    """LM Studio's local server (default http://localhost:1234/v1); no key needed."""
+
+    provider_name: ClassVar[str] = "lmstudio"
+    default_base_url: ClassVar[str] = LMSTUDIO_BASE_URL

@@ -201,3 +201,52 @@ def test_summarize_rounds_adds_walls_and_engine_time() -> None:
 def test_order_flag() -> None:
     assert parse_config([]).order == "interleaved"
     assert parse_config(["--order", "sequential"]).order == "sequential"
+
+
+class _Growing(_Recorder):
+    """Holds more memory while queries run, and counts tokens as they are generated."""
+
+    def __init__(self, name: str, log: list[tuple[str, ...]]) -> None:
+        super().__init__(name, log)
+        self.generated = 0
+
+    async def run_query(
+        self, index: int, query: Query, params: GenParams, concurrency: int
+    ) -> QueryResult:
+        self.generated += 3  # tokens appear before the query returns
+        await asyncio.sleep(0.3)
+        return await super().run_query(index, query, params, concurrency)
+
+    def tokens_generated(self) -> int | None:
+        return self.generated
+
+    def memory_sample(self) -> dict[str, int] | None:
+        return {"memory": 1000 + 100 * self.in_flight + 10 * self.generated, "kv_reserved": 7}
+
+
+def test_a_level_records_the_most_memory_its_system_held() -> None:
+    system = _Growing("engine", [])
+    result = _sweep([system], "sequential", (2,), 2)
+    (summary,) = result.summaries
+    # Sampled at the start, every 0.25 s and at the end: the last sample is the largest.
+    assert summary.peak_memory_bytes == 1000 + 10 * 6
+    assert summary.peak_kv_reserved_bytes == 7
+    assert (
+        _sweep([_Recorder("serial", [])], "sequential", (1,), 1).summaries[0].peak_memory_bytes
+        is None
+    )
+
+
+def test_progress_counts_the_tokens_of_queries_still_running() -> None:
+    async def main() -> str:
+        progress = Progress()
+        system = _Growing("engine", [])
+        progress.level_started("engine", 2, 2)
+        progress.track(system.tokens_generated)
+        task = asyncio.create_task(system.run_query(0, Query(id="q", messages=[]), GenParams(), 2))
+        await asyncio.sleep(0.05)
+        line = progress.status_line()  # the query has not returned yet
+        await task
+        return line
+
+    assert "0/2 queries, 3 tokens" in asyncio.run(main())

@@ -119,3 +119,28 @@ def test_model_that_fails_to_load_exits_1(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert b"listening on" in proc.stdout and b"model path not found" in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_kv_memory_budget_queues_and_refuses_with_a_typed_400(
+    serve_process: Callable[..., ServerProcess],
+) -> None:
+    one_block = 256 * 30 * 2 * 3 * 64 * 4  # SmolLM2-135M's float32 KV for 256 tokens
+    server = serve_process(
+        "--kv-cache-bytes", str(one_block), "--mlx-cache-limit-bytes", str(64 << 20),
+        "--log-level", "warning",
+    )  # fmt: skip
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
+        too_big = await client.post("/v1/chat/completions", json={**BODY, "max_tokens": 300})
+        assert too_big.status_code == 400, too_big.text
+        error = too_big.json()["error"]
+        assert error["code"] == "context_length_exceeded" and "kv_cache_bytes" in error["message"]
+        # Four requests, room for one at a time: they wait their turn, none fails.
+        responses = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=BODY) for _ in range(4))
+        )
+        assert [r.status_code for r in responses] == [200] * 4
+    memory = server.health()["engine"]["memory"]
+    assert memory["kv_budget_bytes"] == one_block == memory["kv_reserved_peak_bytes"]
+    assert memory["kv_waits"] >= 1 and memory["mlx_cache_limit_bytes"] == 64 << 20
+    assert server.stop() == 0

@@ -5,7 +5,8 @@ OpenBLAS (docs/architecture.md, "The machine under it"). Loading OpenBLAS with
 ``RTLD_GLOBAL`` *before the first ``import mlx``* makes the dynamic linker resolve MLX's
 ``cblas_*``/``sgemm_`` symbols to it. The preload is process-wide and cannot be undone, so
 it happens at most once; the MLX engine thread calls :func:`preload_blas` before it imports
-MLX, as do the loading helpers.
+MLX, as do the loading helpers. In front of the BLAS goes blas_gemv.py's ``cblas_sgemm``,
+which runs one-row products as matrix-vector products.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import sys
 import threading
 import warnings
 
-__all__ = ["BLAS_ENV", "BlasWarning", "preload_blas"]
+from . import blas_gemv
+
+__all__ = ["BLAS_ENV", "BlasWarning", "blas_info", "preload_blas"]
 
 #: Names a BLAS library to load instead of the search; ``none`` disables the preload.
 BLAS_ENV = "ABSTRACTCORE_BLAS"
@@ -80,6 +83,9 @@ def preload_blas() -> str | None:
             return None
         tried = _candidates()
         for candidate in tried:
+            # One-row products forwarded to sgemv (blas_gemv.py): its cblas_sgemm must be in
+            # the global scope before the BLAS's own.
+            blas_gemv.install(candidate)
             try:
                 _handle = ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
             except OSError:
@@ -91,3 +97,12 @@ def preload_blas() -> str | None:
             f"{what}; MLX on CPU will be ~30x slower. Fix: {_FIX}.", BlasWarning, stacklevel=2
         )
         return None
+
+
+def blas_info() -> dict[str, object]:
+    """What the preload did: the library, and the one-row products forwarded to sgemv
+    (``gemv_forwarded``: None when the forwarding is not installed)."""
+    return {
+        "library": _loaded,
+        "gemv_forwarded": blas_gemv.forwarded_products(),
+    }

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import InvalidRequestError
-from .prompt_cache import Hit, PromptCacheStore, default_budget_bytes
+from .prompt_cache import Hit, PromptCacheStore
 from .prompt_cache_files import load_cache_file, save_cache_file
 from .token_prefix import plan_forks
 
@@ -90,9 +90,8 @@ class CacheScheduler:
         model_id: str,
     ) -> CacheScheduler:
         """The scheduler and its store for a loaded model, as ``options`` set the budget."""
-        budget = options.prompt_cache_bytes
         store = PromptCacheStore(
-            default_budget_bytes() if budget is None else budget,
+            setup.memory.prompt_cache_bytes,  # the option, or memory_plan.py's default
             prefix_cache=options.prefix_cache,
             share_prefix_across_keys=options.share_prefix_across_keys,
             disabled_reason=setup.cache_reason,

@@ -116,6 +116,7 @@ class EngineCore:
         self.counters.busy_s += time.perf_counter() - started  # before delivery: callers see it
         self._flush()
         self.flush_removals()
+        self.scheduler.recount(self.active.values())
 
     def flush_removals(self) -> None:
         """Remove ended or dropped rows from the generator; their caches go back."""

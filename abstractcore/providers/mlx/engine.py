@@ -36,11 +36,14 @@ from ...errors import (
     ProviderUnavailableError,
 )
 from .batch import Batch
+from .blas import blas_info
 from .cache_scheduler import CacheScheduler
 from .compat import Compat
 from .compat import check as check_mlx_lm
 from .core import EngineCore
 from .counters import EngineCounters
+from .malloc_trim import Trimmer
+from .memory_plan import MemoryPlan
 from .model_setup import ModelSetup, set_up
 from .options import EngineOptions
 from .protocol import Call, Cancel, Command, Job, Sink, Stop, Submit, put_threadsafe
@@ -82,6 +85,8 @@ class MLXEngine:
         self.tokenizer: Any = None
         self.context_length: int | None = None
         self.vocab_size = 0
+        #: The memory budgets (set once the model is loaded).
+        self.memory: MemoryPlan | None = None
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -93,6 +98,7 @@ class MLXEngine:
         self._calls: list[Call] = []
         self._stop_requested = False
         self._setup: ModelSetup | None = None  # what load set up (its stats outlive close)
+        self._trimmer = Trimmer()  # malloc_trim between steps (malloc_trim.py)
 
     # ------------------------------------------------------------------ caller side
     def start(self) -> None:
@@ -163,7 +169,11 @@ class MLXEngine:
         stats["cpu_ops_not_replaced"] = [] if setup is None else list(setup.cpu_ops_missing)
         if setup is not None:
             stats["mlx_lm"] = setup.compat.stats()
-        stats["memory"] = _mlx_memory()
+        stats["blas"] = blas_info()
+        stats["malloc_trims"] = self._trimmer.trims
+        stats["memory"] = {**_mlx_memory(), **self.scheduler.kv_stats()}
+        if self.memory is not None:
+            stats["memory"].update(self.memory.stats())
         return stats
 
     def snapshot(self, timeout: float | None = 30.0) -> dict[str, Any]:
@@ -253,6 +263,9 @@ class MLXEngine:
         self.tokenizer = setup.tokenizer
         self.context_length = setup.context_length
         self.vocab_size = setup.vocab_size
+        self.memory = setup.memory
+        if setup.memory.kv_bytes_per_token:  # 0: not measured, rows alone bound admission
+            self.scheduler.kv_budget = setup.memory.kv_budget_bytes
         batch = Batch(setup.model, setup.eos, self.options, setup.stream, setup.compat)
         solo = SoloLane(setup.model, setup.stream, self.options.prefill_step_size, setup.eos)
         path = self.model_path
@@ -274,8 +287,10 @@ class MLXEngine:
         perf = time.perf_counter
         core = self.core
         assert core is not None
+        trimmer = self._trimmer
         while True:
             if not core.busy:
+                trimmer.idle()  # what the last requests freed goes back to the kernel
                 self._handle(inbox.get())  # idle: block until there is work
             while True:
                 try:
@@ -289,6 +304,7 @@ class MLXEngine:
             core.tidy(t0)
             self._run_calls()
             core.step(t0)
+            trimmer.after_step(perf())
 
     def _handle(self, command: Command) -> None:
         core = self.core

@@ -1,9 +1,9 @@
 """From a validated request to the engine's Job, on the caller's thread.
 
 The chat template renders the messages (and the tools, tool_format.py) into token ids; the
-context window is checked; structured output and forced tool calls are compiled to a
-grammar (grammar.py); what the model cannot be made to do is refused here, naming the field,
-before the request takes a batch slot.
+context window and the KV memory budget (memory_plan.py) are checked; structured output and
+forced tool calls are compiled to a grammar (grammar.py); what the model cannot be made to do
+is refused here, naming the field, before the request takes a batch slot.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ...errors import ContextLengthError, InvalidRequestError, UnsupportedFeatur
 from ...request import GenerationRequest
 from ...tools.definition import Tool
 from .grammar import GrammarCompiler, RowGrammar
+from .memory_plan import MemoryPlan
 from .protocol import Job
 from .sampling import SamplingParams
 from .tool_format import ToolCallParser, ToolFormat, render_messages, tool_format_for
@@ -54,10 +55,12 @@ class JobBuilder:
         model_dir: Path,
         context_length: int | None,
         vocab_size: int,
+        memory: MemoryPlan | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         self._context_length = context_length
+        self._memory = memory
         eos = [int(t) for t in tokenizer.eos_token_ids]
         self.grammars = GrammarCompiler(model_dir / "tokenizer.json", eos, vocab_size)
         self._tool_format: ToolFormat | None = None
@@ -91,6 +94,8 @@ class JobBuilder:
         grammar = self._grammar(request, tools)
         tokens = self.encode(request, tools)
         max_tokens = self._max_tokens(len(tokens), request.max_output_tokens)
+        # Refused here, before it is queued, when its KV cache could never fit.
+        kv_bytes = 0 if self._memory is None else self._memory.check(len(tokens), max_tokens)
         sampling = SamplingParams(
             temperature=request.temperature or 0.0,
             top_p=1.0 if request.top_p is None else request.top_p,
@@ -106,6 +111,7 @@ class JobBuilder:
             prompt_cache_key=request.prompt_cache_key,
             grammar=grammar,
             top_logprobs=request.top_logprobs if request.logprobs else None,
+            kv_bytes=kv_bytes,
         )
         return Prepared(job, tools, self.tool_format if tools else None)
 

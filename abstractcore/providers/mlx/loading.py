@@ -25,6 +25,7 @@ from typing import Any
 from abstractcore.errors import InvalidRequestError, ModelNotFoundError
 
 from .blas import preload_blas
+from .cache_root import CACHE_ENV, cache_root
 from .gguf import DTYPES, Progress, convert_gguf
 
 __all__ = [
@@ -42,8 +43,6 @@ __all__ = [
 
 #: What an environment switch set to "on" looks like (compared stripped and lower-cased).
 TRUE_VALUES = ("1", "true", "yes", "on")
-#: Overrides the abstractcore cache root (models go to ``$ABSTRACTCORE_CACHE_DIR/models``).
-CACHE_ENV = "ABSTRACTCORE_CACHE_DIR"
 
 # What mlx-lm itself downloads for a repo (mlx_lm.utils.DEFAULT_ALLOW_PATTERNS).
 _HF_PATTERNS = [
@@ -77,11 +76,7 @@ ALIASES: dict[str, EmbeddedModel] = {
 
 def cache_dir() -> Path:
     """Where converted models live: ``$ABSTRACTCORE_CACHE_DIR/models`` or the XDG cache dir."""
-    if root := os.environ.get(CACHE_ENV):
-        return Path(root).expanduser() / "models"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "abstractcore" / "models"
+    return cache_root() / "models"
 
 
 def default_dtype() -> str:

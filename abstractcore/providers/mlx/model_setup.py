@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compat
+from .memory_plan import MemoryPlan
 from .options import EngineOptions
 from .row_padding import PaddingSwitch
 from .sampling import SamplerCache
@@ -37,6 +38,7 @@ class ModelSetup:
     eos: frozenset[int]
     padding: PaddingSwitch
     compat: compat.Compat
+    memory: MemoryPlan
     context_length: int | None = None
     vocab_size: int = 0  # the width of the logits (a grammar's masks cover it)
     cpu_ops: list[str] = field(default_factory=list)
@@ -56,6 +58,7 @@ def set_up(path: Path, options: EngineOptions, versions: compat.Compat) -> Model
     from mlx_lm.models.cache import make_prompt_cache
 
     from . import cpu_ops, row_padding
+    from .memory_plan import plan_memory
     from .prompt_cache import cache_support
 
     on_cpu = mx.default_device() == mx.cpu
@@ -78,6 +81,12 @@ def set_up(path: Path, options: EngineOptions, versions: compat.Compat) -> Model
         if options.fast_cpu_ops and on_cpu and versions.allows("fast_cpu_ops"):
             replaced, missing = cpu_ops.install(model)
             cpu_ops.enable_on_this_thread()
+        memory = plan_memory(
+            model,
+            kv_cache_bytes=options.kv_cache_bytes,
+            prompt_cache_bytes=options.prompt_cache_bytes,
+            mlx_cache_limit_bytes=options.mlx_cache_limit_bytes,
+        )
     args = getattr(model, "args", None)
     vocab = int(getattr(args, "vocab_size", 0) or len(tokenizer))
     layers = make_prompt_cache(model)
@@ -93,6 +102,7 @@ def set_up(path: Path, options: EngineOptions, versions: compat.Compat) -> Model
         eos=frozenset(int(t) for t in tokenizer.eos_token_ids),
         padding=PaddingSwitch(model, table),
         compat=versions,
+        memory=memory,
         context_length=getattr(args, "max_position_embeddings", None),
         vocab_size=vocab,
         cpu_ops=replaced,

@@ -40,8 +40,19 @@ class EngineOptions(BaseModel):
     )
     prompt_cache_bytes: Annotated[StrictInt, Field(ge=0)] | None = Field(
         default=None,
-        description="one budget for every stored KV cache (default: min(10% of RAM, 2 GiB); "
-        "0 turns prompt caching off)",
+        description="one budget for every stored KV cache (default: a tenth of the device's "
+        "memory left after the weights, at most 2 GiB; 0 turns prompt caching off)",
+    )
+    kv_cache_bytes: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        default=None,
+        description="KV bytes running requests may reserve together; a request waits until "
+        "its prompt + max_output_tokens fit (default: half the device's memory left after "
+        "the weights)",
+    )
+    mlx_cache_limit_bytes: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None,
+        description="MLX's buffer cache limit, process-wide (default: a twentieth of the "
+        "device's memory left after the weights, at most 1 GiB)",
     )
     prefix_cache: StrictBool = Field(
         default=True, description="share prefixes between requests without a prompt_cache_key"

@@ -19,7 +19,6 @@ compat.py (the engine's one boundary to mlx-lm's internals).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,25 +27,10 @@ from .compat import cut_layer, kv_layer, trim_layers
 from .token_prefix import common_prefix_length
 
 __all__ = [
-    "DEFAULT_BUDGET_CAP",
     "Hit",
     "PromptCacheStore",
     "cache_support",
-    "default_budget_bytes",
 ]
-
-#: Upper bound of the default budget: ~46k tokens of SmolLM2-135M fp32 KV (45 KiB/token).
-DEFAULT_BUDGET_CAP = 2 << 30
-
-
-def default_budget_bytes() -> int:
-    """min(10% of physical memory, 2 GiB): room for dozens of long conversations, while the
-    model weights and the running batch's own KV (which grow with concurrency) keep the rest."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return DEFAULT_BUDGET_CAP // 4
-    return int(min(ram // 10, DEFAULT_BUDGET_CAP))
 
 
 def cache_support(layers: Sequence[Any]) -> str | None:

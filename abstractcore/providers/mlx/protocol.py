@@ -48,7 +48,8 @@ class Job:
 
     ``grammar`` (a grammar.RowGrammar, compiled on the caller's thread) constrains the
     tokens; ``top_logprobs`` (0-20) asks for each token's log-probability and that many
-    alternatives, None for none.
+    alternatives, None for none. ``kv_bytes`` is the KV memory the request reserves while it
+    runs (memory_plan.py; 0: nothing reserved).
     """
 
     prompt_tokens: list[int]
@@ -59,6 +60,7 @@ class Job:
     prompt_cache_key: str | None = None
     grammar: Any = None
     top_logprobs: int | None = None
+    kv_bytes: int = 0
 
 
 #: One generated token's scores: (token id, log-probability, ((id, log-probability), ...) of

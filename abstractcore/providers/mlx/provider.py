@@ -89,6 +89,7 @@ class MLXProvider(BaseProvider):
             model_dir=path,
             context_length=self._engine.context_length,
             vocab_size=self._engine.vocab_size,
+            memory=self._engine.memory,
         )
         self._texts: TokenTexts | None = None
         self.model_path = path

@@ -54,6 +54,7 @@ class RequestState:
     first_token_at: float | None = None
     completion_tokens: int = 0
     cache: Any = None  # its prompt-cache Hit, until the generator takes it
+    kv_waited: bool = False  # it waited for KV memory at least once (counted once)
     cached_tokens: int = 0
     detokenizer: Any = None
     stops: StopMatcher | None = None

@@ -180,6 +180,7 @@ def _disk_key(
     """Everything a table depends on, as JSON values."""
     import mlx.core as mx
 
+    from . import blas_gemv
     from .blas import preload_blas
 
     return {
@@ -188,6 +189,7 @@ def _disk_key(
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "blas": preload_blas() or "mlx's own",
+        "gemv_forwarding": blas_gemv.forwarded_products() is not None,  # one-row products
         "mlx": importlib.metadata.version("mlx"),
         "device": str(mx.default_device()),
         "products": sorted([list(shape), str(dtype), n] for (shape, dtype), n in counted.items()),

@@ -1,7 +1,9 @@
 """Which waiting requests start, and when: the bounded queue, queue timeouts, admission order.
 
 The engine asks the scheduler once per step for the requests to admit (:meth:`take`): up to
-the free batch slots, minus those the cache scheduler defers behind a fork's lead (a wave
+the free batch slots and while their KV reservations fit the budget (memory_plan.py; the
+first request that does not fit waits, and those behind it with it, so a long request is
+not overtaken forever), minus those the cache scheduler defers behind a fork's lead (a wave
 whose prompts share a prefix prefills it once, cache_scheduler.py), and in the order that
 wastes least prefill (:meth:`order`). Everything here runs on the engine thread, except
 :attr:`Scheduler.queued`, which other threads read for stats.
@@ -33,6 +35,13 @@ class Scheduler:
         self.waiting: collections.deque[RequestState] = collections.deque()
         #: Prompt-cache planning (set once the model is loaded).
         self.cache: CacheScheduler | None = None
+        #: KV bytes the admitted requests may reserve together (None: rows alone bound it).
+        self.kv_budget: int | None = None
+        #: Reserved by the admitted requests after the last :meth:`take`, and the most ever.
+        self.kv_reserved = 0
+        self.kv_reserved_peak = 0
+        #: Requests that waited for KV memory (with free batch slots) before admission.
+        self.kv_waits = 0
 
     @property
     def queued(self) -> int:
@@ -78,8 +87,21 @@ class Scheduler:
         cache = self.cache
         free = self.options.max_batch_size - len(active) - (cache.deferred if cache else 0)
         batch: list[RequestState] = []
+        reserved = sum(s.job.kv_bytes for s in active)
+        budget = self.kv_budget
         while self.waiting and len(batch) < free:
+            need = self.waiting[0].job.kv_bytes
+            # With nothing running a request always starts: one the budget can never hold is
+            # refused before it is queued (jobs.py), so this only guards against deadlock.
+            if budget is not None and reserved + need > budget and (active or batch):
+                head = self.waiting[0]
+                if not head.kv_waited:
+                    head.kv_waited = True
+                    self.kv_waits += 1
+                break
             batch.append(self.waiting.popleft())
+            reserved += need
+        self._note_reserved(reserved)
         if cache is None or not batch:
             return batch
         try:
@@ -89,7 +111,25 @@ class Scheduler:
             return batch
         for s in set(batch) - set(kept):
             s.status = RequestStatus.DEFERRED
+            reserved -= s.job.kv_bytes  # a deferred follower holds no KV until it starts
+        self._note_reserved(reserved)
         return kept
+
+    def recount(self, active: Collection[RequestState]) -> None:
+        """After a step: the reservations of the requests still running (stats only)."""
+        self.kv_reserved = sum(s.job.kv_bytes for s in active)
+
+    def _note_reserved(self, reserved: int) -> None:
+        self.kv_reserved = reserved
+        self.kv_reserved_peak = max(self.kv_reserved_peak, reserved)
+
+    def kv_stats(self) -> dict[str, int]:
+        """Reserved KV bytes now and at most, and the requests that waited for them."""
+        return {
+            "kv_reserved_bytes": self.kv_reserved,
+            "kv_reserved_peak_bytes": self.kv_reserved_peak,
+            "kv_waits": self.kv_waits,
+        }
 
     def order(self, batch: list[RequestState]) -> None:
         """Sort a batch for prefill, in place: a fork's lead first (its followers wait for

@@ -140,3 +140,39 @@ def test_package_import_does_not_import_mlx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.stdout.strip() == "True", done.stderr
+
+
+_GEMV = r"""
+import json, numpy as np
+from abstractcore.providers.mlx import blas
+blas.preload_blas()
+import mlx.core as mx
+rng = np.random.default_rng(0)
+x, w, bias = rng.standard_normal((1, 96)), rng.standard_normal((80, 96)), rng.standard_normal(80)
+xs, ws, bs = (mx.array(a.astype(np.float32)) for a in (x, w, bias))
+wt = mx.array(np.ascontiguousarray(w.T).astype(np.float32))
+got = {
+    "transposed": (xs @ ws.T).tolist(),      # nn.Linear's layout: b transposed
+    "plain": (xs @ wt).tolist(),             # b as stored
+    "addmm": mx.addmm(bs, xs, ws.T).tolist(),  # beta = 1: the bias is kept
+    "column": (xs.T.T @ wt).tolist(),
+    "two_rows": (mx.concatenate([xs, xs]) @ ws.T).tolist(),  # sgemm, untouched
+}
+print(json.dumps({"got": got, "want": (x @ w.T).tolist(), "bias": (x @ w.T + bias).tolist(),
+                  "info": blas.blas_info()}))
+"""
+
+
+@pytest.mark.skipif(not OPENBLAS, reason="needs libopenblas0-pthread (make system-deps)")
+def test_one_row_products_go_to_sgemv_with_the_same_values() -> None:
+    from abstractcore.providers.mlx.blas_gemv import GEMV_ENV
+
+    on = _probe({}, code=_GEMV)
+    off = _probe({GEMV_ENV: "0"}, code=_GEMV)
+    assert on["info"]["gemv_forwarded"] >= 4  # the four one-row products above
+    assert off["info"]["gemv_forwarded"] is None  # not installed: OpenBLAS alone
+    for got in (on["got"], off["got"]):
+        for name in ("transposed", "plain", "column"):
+            assert got[name][0] == pytest.approx(on["want"][0], rel=1e-4, abs=1e-4), name
+        assert got["addmm"][0] == pytest.approx(on["bias"][0], rel=1e-4, abs=1e-4)
+        assert got["two_rows"][1] == pytest.approx(on["want"][0], rel=1e-4, abs=1e-4)

@@ -14,7 +14,6 @@ from abstractcore.providers.mlx.prompt_cache import (
     Hit,
     PromptCacheStore,
     cache_support,
-    default_budget_bytes,
 )
 from abstractcore.providers.mlx.prompt_cache_files import load_cache_file, save_cache_file
 from abstractcore.providers.mlx.token_prefix import Fork, common_prefix_length, plan_forks
@@ -70,10 +69,6 @@ def test_common_prefix_length() -> None:
         b = [rng.randrange(3) for _ in range(rng.randrange(12))]
         naive = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         assert common_prefix_length(a, b) == naive
-
-
-def test_default_budget_is_bounded() -> None:
-    assert 0 < default_budget_bytes() <= 2 << 30
 
 
 def test_cache_support_accepts_only_trimmable_mergeable_layers() -> None:
