@@ -44,7 +44,7 @@ from abstractcore.bench.report import (
 from abstractcore.bench.runner import SweepResult, run_level
 from abstractcore.bench.scenarios import Query, get_scenario
 from abstractcore.bench.sweep_config import GenParams
-from abstractcore.bench.systems import ProviderSystem, System
+from abstractcore.bench.systems import ProviderSystem, System, resident_bytes
 
 PROMPTS = Path(__file__).resolve().parent / "assets" / "mlx_benchmark_prompts_128.json"
 SERVER = "server"
@@ -84,15 +84,8 @@ class AbstractCoreServer:
 
     def rss_mib(self) -> float | None:
         """The server's resident memory (Linux /proc), in MiB."""
-        if self.proc is None:
-            return None
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        rss = resident_bytes(None if self.proc is None else self.proc.pid)
+        return None if rss is None else rss / 2**20
 
     async def stop(self) -> int | None:
         """SIGTERM (graceful drain) and wait; returns the exit status."""

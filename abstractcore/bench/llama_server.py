@@ -13,10 +13,8 @@ it is, which on the CPU shows what MLX's lack of fast quantized CPU kernels cost
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -47,16 +45,16 @@ _HOW = (
 
 def install_dir() -> Path:
     """Where ``make llama-server`` puts the binaries: ``<cache>/llama.cpp/bin``."""
-    from ..providers.mlx.loading import cache_dir
+    from ..providers.mlx.cache_root import cache_root
 
-    return cache_dir().parent / "llama.cpp" / "bin"
+    return cache_root() / "llama.cpp" / "bin"
 
 
 def find_llama_server() -> str:
     """The ``llama-server`` to run; ConfigurationError saying how to get one otherwise."""
     given = os.environ.get(LLAMA_SERVER_ENV)
     if given:
-        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+        if not _executable(Path(given)):
             raise ConfigurationError(
                 f"${LLAMA_SERVER_ENV}={given!r} is not an executable file", setting="LLAMA_SERVER"
             )
@@ -67,14 +65,18 @@ def find_llama_server() -> str:
     return found
 
 
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
 def _installed(name: str) -> str | None:
     path = install_dir() / name
-    return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return str(path) if _executable(path) else None
 
 
 def _quantize_binary(server: str) -> str:
     beside = Path(server).with_name("llama-quantize")
-    if beside.is_file() and os.access(beside, os.X_OK):
+    if _executable(beside):
         return str(beside)
     found = shutil.which("llama-quantize") or _installed("llama-quantize")
     if found is None:
@@ -103,10 +105,9 @@ def model_gguf(model: str) -> Path:
 
 def float32_gguf(source: Path, quantize: str) -> Path:
     """``source`` dequantized to float32 once, kept next to the llama.cpp binaries."""
-    stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    stem = re.sub(r"[^\w.-]", "_", source.stem)[:64]
-    target = install_dir().parent / "gguf" / f"{stem}-{key.hexdigest()[:12]}-F32.gguf"
+    from ..providers.mlx.loading import file_stamp
+
+    target = install_dir().parent / "gguf" / f"{file_stamp(source)}-F32.gguf"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

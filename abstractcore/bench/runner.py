@@ -152,8 +152,12 @@ async def _watch_memory(system: System, peak: dict[str, int]) -> None:
 
 
 def _note_peak(system: System, peak: dict[str, int]) -> None:
-    for kind, value in (system.memory_sample() or {}).items():
-        peak[kind] = max(peak.get(kind, 0), value)
+    _merge_peak(peak, system.memory_sample() or {})
+
+
+def _merge_peak(into: dict[str, int], sample: dict[str, int]) -> None:
+    for kind, value in sample.items():
+        into[kind] = max(into.get(kind, 0), value)
 
 
 def summarize_rounds(
@@ -171,8 +175,7 @@ def summarize_rounds(
         share = max(0.0, min(1.0, 1.0 - sum(x for x in in_model if x is not None) / wall))
     peak: dict[str, int] = {}
     for r in rounds:
-        for kind, value in r.peak.items():
-            peak[kind] = max(peak.get(kind, 0), value)
+        _merge_peak(peak, r.peak)
     return summarize(
         system, concurrency, results, wall, queries=queries, outside_model_share=share,
         complete=all(r.complete for r in rounds) and len(results) == queries,

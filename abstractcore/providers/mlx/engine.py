@@ -85,8 +85,6 @@ class MLXEngine:
         self.tokenizer: Any = None
         self.context_length: int | None = None
         self.vocab_size = 0
-        #: The memory budgets (set once the model is loaded).
-        self.memory: MemoryPlan | None = None
         self._inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -146,6 +144,11 @@ class MLXEngine:
     @solo_decode.setter
     def solo_decode(self, on: bool) -> None:
         self.scheduler.solo_decode = on
+
+    @property
+    def memory(self) -> MemoryPlan | None:
+        """The memory budgets (None before the model is loaded)."""
+        return None if self._setup is None else self._setup.memory
 
     @property
     def cache_scheduler(self) -> CacheScheduler | None:
@@ -263,7 +266,6 @@ class MLXEngine:
         self.tokenizer = setup.tokenizer
         self.context_length = setup.context_length
         self.vocab_size = setup.vocab_size
-        self.memory = setup.memory
         if setup.memory.kv_bytes_per_token:  # 0: not measured, rows alone bound admission
             self.scheduler.kv_budget = setup.memory.kv_budget_bytes
         batch = Batch(setup.model, setup.eos, self.options, setup.stream, setup.compat)

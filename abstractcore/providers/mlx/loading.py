@@ -36,6 +36,7 @@ __all__ = [
     "cached_model_path",
     "default_dtype",
     "fetch_alias_gguf",
+    "file_stamp",
     "load_model",
     "preload_blas",
     "resolve_model_path",
@@ -105,12 +106,18 @@ def _alias_dir(alias: str, dtype: str) -> Path:
     return cache_dir() / f"{alias}-{dtype}"
 
 
-def _gguf_dir(path: Path, dtype: str) -> Path:
-    # Keyed by location, size and mtime: hashing a multi-GB file on every start would be slow.
+def file_stamp(path: Path) -> str:
+    """``<stem>-<key>`` naming what is derived from a file (a conversion, a requantized
+    copy): keyed by location, size and mtime, since hashing a multi-GB file on every start
+    would be slow."""
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
     stem = re.sub(r"[^\w.-]", "_", path.stem)[:64]
-    return cache_dir() / f"gguf-{stem}-{key[:12]}-{dtype}"
+    return f"{stem}-{key[:12]}"
+
+
+def _gguf_dir(path: Path, dtype: str) -> Path:
+    return cache_dir() / f"gguf-{file_stamp(path)}-{dtype}"
 
 
 def _is_model_dir(path: Path) -> bool:

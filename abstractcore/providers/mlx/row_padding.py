@@ -201,10 +201,10 @@ def _disk_key(
 
 
 def _disk_path(disk_key: dict[str, Any]) -> Path:
-    from .loading import cache_dir
+    from .cache_root import cache_root
 
     digest = hashlib.sha256(json.dumps(disk_key, sort_keys=True).encode()).hexdigest()[:20]
-    return cache_dir().parent / "row_padding" / f"{digest}.json"
+    return cache_root() / "row_padding" / f"{digest}.json"
 
 
 def _read_table(path: Path, disk_key: dict[str, Any], limit: int) -> RowPadding | None:

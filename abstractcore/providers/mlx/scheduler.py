@@ -37,7 +37,7 @@ class Scheduler:
         self.cache: CacheScheduler | None = None
         #: KV bytes the admitted requests may reserve together (None: rows alone bound it).
         self.kv_budget: int | None = None
-        #: Reserved by the admitted requests after the last :meth:`take`, and the most ever.
+        #: Reserved by the running requests after the last step, and the most at admission.
         self.kv_reserved = 0
         self.kv_reserved_peak = 0
         #: Requests that waited for KV memory (with free batch slots) before admission.
@@ -101,7 +101,17 @@ class Scheduler:
                 break
             batch.append(self.waiting.popleft())
             reserved += need
-        self._note_reserved(reserved)
+        kept = self._plan_forks(batch, active)
+        # A deferred follower holds no KV until it starts: the peak counts the kept ones.
+        admitted = reserved - sum(s.job.kv_bytes for s in batch if s not in kept)
+        self.kv_reserved_peak = max(self.kv_reserved_peak, admitted)
+        return kept
+
+    def _plan_forks(
+        self, batch: list[RequestState], active: Collection[RequestState]
+    ) -> list[RequestState]:
+        """``batch`` minus the fork followers the cache scheduler defers (marked DEFERRED)."""
+        cache = self.cache
         if cache is None or not batch:
             return batch
         try:
@@ -111,17 +121,11 @@ class Scheduler:
             return batch
         for s in set(batch) - set(kept):
             s.status = RequestStatus.DEFERRED
-            reserved -= s.job.kv_bytes  # a deferred follower holds no KV until it starts
-        self._note_reserved(reserved)
         return kept
 
     def recount(self, active: Collection[RequestState]) -> None:
         """After a step: the reservations of the requests still running (stats only)."""
         self.kv_reserved = sum(s.job.kv_bytes for s in active)
-
-    def _note_reserved(self, reserved: int) -> None:
-        self.kv_reserved = reserved
-        self.kv_reserved_peak = max(self.kv_reserved_peak, reserved)
 
     def kv_stats(self) -> dict[str, int]:
         """Reserved KV bytes now and at most, and the requests that waited for them."""
