@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= mlx,server,bench,dev
+EXTRAS ?= mlx,server,bench,dev,mkl
 STAMP := $(VENV)/.installed-$(shell echo $(EXTRAS) | tr ',' '-')
 
 .PHONY: setup system-deps model test test-fast lint bench bench-quick llama-server clean
@@ -11,7 +11,7 @@ setup: system-deps $(STAMP) model
 
 # On Linux, MLX's CPU backend ships a reference BLAS; OpenBLAS makes float32 matmuls ~30x
 # faster (docs/architecture.md, "The machine under it"). Installed only when we are root on a
-# Debian-like system.
+# Debian-like system. (On Intel CPUs MKL, from the `mkl` extra, is loaded instead of it.)
 system-deps:
 	@if [ "$$(uname -s)" = "Linux" ] && ! { ls /usr/lib/*-linux-gnu/openblas*/libopenblas.so.0 2>/dev/null; \
 	    PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null; } | grep -q 'libopenblas.*\.so\.0'; then \

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from abstractcore.providers.mlx.blas import BLAS_ENV
+from abstractcore.providers.mlx.blas import BLAS_ENV, cpu_vendor, mkl_library
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the preload is Linux-only"
 )
 
 OPENBLAS = sorted(glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"))
+MKL = mkl_library()
+needs_mkl = pytest.mark.skipif(MKL is None, reason="needs the mkl wheel (the `mkl` extra)")
 
 # Preloads (or not), then reports what it loaded, whether OpenBLAS is mapped, a 256x256 matmul,
 # a 512^3 matmul's speed and, given a model directory, 10 greedy tokens.
@@ -49,6 +51,8 @@ if len(sys.argv) > 1:
 print(json.dumps({
     "first": first, "second": second, "warnings": [str(w.message) for w in caught],
     "mapped": "libopenblas" in open("/proc/self/maps").read(),
+    "mkl_mapped": "libmkl_rt" in open("/proc/self/maps").read(),
+    "info": __import__("abstractcore.providers.mlx.blas", fromlist=["x"]).blas_info(),
     "small": small, "gflops": gflops, "tokens": tokens,
 }))
 """
@@ -70,7 +74,7 @@ def _probe(env: dict[str, str], *args: str, code: str = _PROBE) -> dict[str, Any
 
 @pytest.mark.skipif(not OPENBLAS, reason="needs libopenblas0-pthread (make system-deps)")
 def test_same_results_with_and_without_openblas(embedded_model_dir: Path) -> None:
-    fast = _probe({}, str(embedded_model_dir))
+    fast = _probe({BLAS_ENV: "openblas"}, str(embedded_model_dir))
     slow = _probe({BLAS_ENV: "none"}, str(embedded_model_dir))
     assert fast["first"] == fast["second"] == OPENBLAS[0]  # idempotent
     assert fast["mapped"] and fast["warnings"] == []
@@ -167,8 +171,8 @@ print(json.dumps({"got": got, "want": (x @ w.T).tolist(), "bias": (x @ w.T + bia
 def test_one_row_products_go_to_sgemv_with_the_same_values() -> None:
     from abstractcore.providers.mlx.blas_gemv import GEMV_ENV
 
-    on = _probe({}, code=_GEMV)
-    off = _probe({GEMV_ENV: "0"}, code=_GEMV)
+    on = _probe({BLAS_ENV: "openblas"}, code=_GEMV)
+    off = _probe({BLAS_ENV: "openblas", GEMV_ENV: "0"}, code=_GEMV)
     assert on["info"]["gemv_forwarded"] >= 4  # the four one-row products above
     assert off["info"]["gemv_forwarded"] is None  # not installed: OpenBLAS alone
     for got in (on["got"], off["got"]):
@@ -176,3 +180,51 @@ def test_one_row_products_go_to_sgemv_with_the_same_values() -> None:
             assert got[name][0] == pytest.approx(on["want"][0], rel=1e-4, abs=1e-4), name
         assert got["addmm"][0] == pytest.approx(on["bias"][0], rel=1e-4, abs=1e-4)
         assert got["two_rows"][1] == pytest.approx(on["want"][0], rel=1e-4, abs=1e-4)
+
+
+@needs_mkl
+def test_mkl_gives_the_same_tokens_without_the_gemv_forwarding(embedded_model_dir: Path) -> None:
+    mkl = _probe({BLAS_ENV: "mkl"}, str(embedded_model_dir))
+    slow = _probe({BLAS_ENV: "none"}, str(embedded_model_dir))
+    assert mkl["first"] == mkl["second"] == MKL and mkl["warnings"] == []
+    assert mkl["mkl_mapped"] and not mkl["mapped"]  # MKL alone, no OpenBLAS beside it
+    info = mkl["info"]
+    assert info["kind"] == "mkl" and info["library"] == MKL
+    assert info["mkl_threading_layer"] in ("GNU", "INTEL")
+    assert info["gemv_forwarded"] is None  # MKL runs one-row products as gemv itself
+    for row_mkl, row_slow in zip(mkl["small"], slow["small"]):
+        assert row_mkl == pytest.approx(row_slow, rel=1e-5, abs=1e-4)
+    assert mkl["tokens"] == slow["tokens"] and len(mkl["tokens"]) > 4
+    print(
+        f"\n512^3 float32 matmul: {slow['gflops']:.1f} GFLOP/s reference, "
+        f"{mkl['gflops']:.1f} GFLOP/s MKL"
+    )
+
+
+@needs_mkl
+def test_default_is_mkl_on_intel_and_openblas_elsewhere() -> None:
+    got = _probe({}, code=_WARN_ONCE)
+    if cpu_vendor() == "GenuineIntel":
+        assert got["results"] == [MKL, MKL]
+    elif OPENBLAS:
+        assert got["results"] == [OPENBLAS[0], OPENBLAS[0]]
+    assert got["warnings"] == []
+
+
+@needs_mkl
+def test_the_caller_s_mkl_threading_layer_wins() -> None:
+    code = (
+        "import json; from abstractcore.providers.mlx import blas; blas.preload_blas(); "
+        "print(json.dumps(blas.blas_info()))"
+    )
+    got = _probe({BLAS_ENV: "mkl", "MKL_THREADING_LAYER": "SEQUENTIAL"}, code=code)
+    assert got["kind"] == "mkl" and got["mkl_threading_layer"] == "SEQUENTIAL"
+
+
+def test_asking_for_mkl_without_it_warns_with_the_fix() -> None:
+    if MKL is not None:
+        pytest.skip("mkl is installed here")
+    got = _probe({BLAS_ENV: "mkl"}, code=_WARN_ONCE)
+    assert got["results"] == [None, None]
+    [(category, message)] = got["warnings"]
+    assert category == "BlasWarning" and "abstractcore[mkl]" in message

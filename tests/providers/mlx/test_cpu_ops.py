@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from abstractcore.providers.mlx import blas_gemv, cpu_ops
+from abstractcore.providers.mlx.blas import blas_info
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +40,7 @@ _INSTALLED = ["scaled_dot_product_attention"] + (["swiglu"] if shutil.which("g++
 # heads per key/value head the BLAS sums the 8-row product in another order (float32
 # rounding). MLX's own kernel makes one-row products, which blas_gemv.py forwards to sgemv,
 # another summation order: bit for bit holds with the forwarding off, rounding with it on.
+# MKL picks its kernels by shape, so under it the two agree to float32 rounding only.
 @pytest.mark.parametrize(
     ("batch", "heads", "kv_heads", "exact"), [(32, 9, 3, True), (5, 8, 8, True), (3, 8, 1, False)]
 )
@@ -66,7 +68,7 @@ def test_decode_attention_equals_mlx(
         finally:
             blas_gemv.set_forwarding(True)
         assert got.shape == expected.shape == (batch, heads, 1, 64)
-        if exact and not forwarding:
+        if exact and not forwarding and blas_info()["kind"] == "openblas":
             assert mx.array_equal(got, expected).item()
         else:
             assert mx.allclose(got, expected, rtol=1e-5, atol=1e-6).item()
