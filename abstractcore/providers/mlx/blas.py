@@ -17,8 +17,9 @@ Which BLAS (``$ABSTRACTCORE_BLAS``: ``mkl``, ``openblas``, a library's path, or 
   but is not measured there, so the default stays OpenBLAS on them. MKL's threading layer is
   GNU OpenMP when ``libgomp`` is present (Intel's otherwise); ``MKL_THREADING_LAYER`` wins.
 - **OpenBLAS** otherwise (the system's ``libopenblas0-pthread``), with blas_gemv.py's
-  ``cblas_sgemm`` in front of it, which runs one-row products as matrix-vector products (MKL
-  does that itself: the forwarding measured no faster in front of it).
+  ``cblas_sgemm`` in front of it, which runs one-row products as matrix-vector products. MKL
+  goes without it: its own sgemm at one row was as fast (a step's products 6.2 ms, against
+  6.1 for OpenBLAS with the forwarding).
 """
 
 from __future__ import annotations
