@@ -79,13 +79,18 @@ def test_same_results_with_and_without_openblas(embedded_model_dir: Path) -> Non
     assert fast["first"] == fast["second"] == OPENBLAS[0]  # idempotent
     assert fast["mapped"] and fast["warnings"] == []
     assert slow["first"] is None and not slow["mapped"] and slow["warnings"] == []
-    # Same maths, different summation order: equal to float32 rounding, not bit for bit.
+    _assert_same_maths(fast, slow, "OpenBLAS")
+
+
+def _assert_same_maths(fast: dict[str, Any], slow: dict[str, Any], name: str) -> None:
+    """Same maths as the reference BLAS, in another summation order: equal to float32
+    rounding (not bit for bit), and the same greedy tokens."""
     for row_fast, row_slow in zip(fast["small"], slow["small"]):
         assert row_fast == pytest.approx(row_slow, rel=1e-5, abs=1e-4)
     assert fast["tokens"] == slow["tokens"] and len(fast["tokens"]) > 4
     print(
         f"\n512^3 float32 matmul: {slow['gflops']:.1f} GFLOP/s reference BLAS, "
-        f"{fast['gflops']:.1f} GFLOP/s OpenBLAS ({fast['gflops'] / slow['gflops']:.0f}x)"
+        f"{fast['gflops']:.1f} GFLOP/s {name} ({fast['gflops'] / slow['gflops']:.0f}x)"
     )
 
 
@@ -192,13 +197,7 @@ def test_mkl_gives_the_same_tokens_without_the_gemv_forwarding(embedded_model_di
     assert info["kind"] == "mkl" and info["library"] == MKL
     assert info["mkl_threading_layer"] in ("GNU", "INTEL")
     assert info["gemv_forwarded"] is None  # MKL runs one-row products as gemv itself
-    for row_mkl, row_slow in zip(mkl["small"], slow["small"]):
-        assert row_mkl == pytest.approx(row_slow, rel=1e-5, abs=1e-4)
-    assert mkl["tokens"] == slow["tokens"] and len(mkl["tokens"]) > 4
-    print(
-        f"\n512^3 float32 matmul: {slow['gflops']:.1f} GFLOP/s reference, "
-        f"{mkl['gflops']:.1f} GFLOP/s MKL"
-    )
+    _assert_same_maths(mkl, slow, "MKL")
 
 
 @needs_mkl
