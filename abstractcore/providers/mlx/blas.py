@@ -35,7 +35,15 @@ import warnings
 
 from . import blas_gemv
 
-__all__ = ["BLAS_ENV", "BlasWarning", "blas_info", "preload_blas"]
+__all__ = [
+    "BLAS_ENV",
+    "BlasWarning",
+    "blas_info",
+    "cpu_vendor",
+    "is_mkl",
+    "mkl_library",
+    "preload_blas",
+]
 
 #: ``mkl``, ``openblas``, a library to load, or ``none`` (no preload); unset: see above.
 BLAS_ENV = "ABSTRACTCORE_BLAS"
@@ -67,8 +75,7 @@ class BlasWarning(RuntimeWarning):
 
 def mkl_library() -> str | None:
     """``libmkl_rt`` from the ``mkl`` wheel (it installs into the environment's ``lib``)."""
-    prefixes = [sys.prefix, site.getuserbase()]
-    for prefix in prefixes:
+    for prefix in (sys.prefix, site.getuserbase()):
         found = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
         if found:
             return found[-1]
@@ -93,18 +100,18 @@ def _openblas_candidates() -> list[str]:
 
 def _candidates() -> list[str]:
     env = os.environ.get(BLAS_ENV)
-    choice = None if env is None else env.strip()
-    if choice is not None and choice.lower() in _DISABLED:
+    if env is None:
+        mkl = mkl_library() if cpu_vendor() == "GenuineIntel" else None
+        return ([mkl] if mkl else []) + _openblas_candidates()
+    choice = env.strip()
+    if choice.lower() in _DISABLED:
         return []
-    if choice is not None and choice.lower() == "openblas":
+    if choice.lower() == "openblas":
         return _openblas_candidates()
-    if choice is not None and choice.lower() == "mkl":
+    if choice.lower() == "mkl":
         mkl = mkl_library()
         return [mkl] if mkl else []
-    if choice is not None:
-        return [choice]
-    mkl = mkl_library() if cpu_vendor() == "GenuineIntel" else None
-    return ([mkl] if mkl else []) + _openblas_candidates()
+    return [choice]
 
 
 def is_mkl(path: str | None) -> bool:
