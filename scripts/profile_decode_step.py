@@ -3,7 +3,9 @@
     .venv/bin/python scripts/profile_decode_step.py          # 1, 8, 32 rows; 512-token context
     .venv/bin/python scripts/profile_decode_step.py --rows 32 --context 1024 --prompt 256
 
-For each row count it times, on a KV cache of ``--context`` tokens per row:
+With ``--engine-ops`` the model runs the engine's CPU attention and SwiGLU (cpu_ops.py), as
+the engine's thread does; without it, mlx-lm's model as it ships. For each row count it
+times, on a KV cache of ``--context`` tokens per row:
 
 - the whole step as the engine runs it (``model(tokens, cache)`` and the arg-max, evaluated
   once: MLX's lazy graph, dispatched and run as one);
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,12 +65,13 @@ def _cache(model: Any, rows: int, context: int) -> list[Any]:
 
 def profile_rows(model: Any, rows: int, context: int, reps: int) -> dict[str, float]:
     """Seconds per decode step at ``rows`` rows, whole and by kind of op."""
-    from mlx_lm.models.base import scaled_dot_product_attention
-    from mlx_lm.models.llama import swiglu
-
     inner = model.model
     layer = inner.layers[0]
     att, mlp = layer.self_attn, layer.mlp
+    # The functions the layers call, from their own module: with --engine-ops, the
+    # dispatchers to cpu_ops.py's versions.
+    module = sys.modules[type(att).__module__]
+    scaled_dot_product_attention, swiglu = module.scaled_dot_product_attention, module.swiglu
     n_layers = len(inner.layers)
     d = model.args.hidden_size
     tokens = mx.random.randint(0, 1000, (rows, 1))
@@ -185,11 +189,19 @@ def main() -> None:
     p.add_argument("--context", type=int, default=512, help="KV tokens per row")
     p.add_argument("--prompt", type=int, default=256, help="prefill tokens")
     p.add_argument("--reps", type=int, default=7)
+    p.add_argument(
+        "--engine-ops", action="store_true",
+        help="with the engine's CPU attention and SwiGLU (cpu_ops.py, fast_cpu_ops)",
+    )  # fmt: skip
     args = p.parse_args()
 
+    from abstractcore.providers.mlx import cpu_ops
     from abstractcore.providers.mlx.loading import load_model, resolve_model_path
 
     model, _ = load_model(resolve_model_path(args.model))
+    if args.engine_ops:
+        cpu_ops.install(model)
+        cpu_ops.enable_on_this_thread()
     stream_s, size = weight_stream_s(model, args.reps)
     print(f"weights: {size / 1e6:.0f} MB; read once at one row: {stream_s * 1e3:.1f} ms "
           f"({size / stream_s / 1e9:.1f} GB/s): the bound of one stream, "

@@ -74,8 +74,8 @@ class EngineOptions(BaseModel):
     )
     fast_cpu_ops: StrictBool = Field(
         default=True,
-        description="on the CPU, run decode attention and SwiGLU through faster "
-        "formulations (cpu_ops.py)",
+        description="on the CPU, run attention (decode and prefill) and SwiGLU through "
+        "faster formulations (cpu_ops.py)",
     )
 
     @classmethod

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from abstractcore.providers.mlx import blas_gemv, cpu_ops
-from abstractcore.providers.mlx.blas import blas_info
 
 
 @pytest.fixture(autouse=True)
@@ -36,18 +35,13 @@ _INSTALLED = ["scaled_dot_product_attention"] + (["swiglu"] if shutil.which("g++
 
 
 # ---------------------------------------------------------------------- attention
-# SmolLM2's 9 query heads per 3 key/value heads come out bit for bit on sgemm; with 8 query
-# heads per key/value head the BLAS sums the 8-row product in another order (float32
-# rounding). MLX's own kernel makes one-row products, which blas_gemv.py forwards to sgemv,
-# another summation order: bit for bit holds with the forwarding off, rounding with it on.
-# MKL picks its kernels by shape, so under it the two agree to float32 rounding only.
-@pytest.mark.parametrize(
-    ("batch", "heads", "kv_heads", "exact"), [(32, 9, 3, True), (5, 8, 8, True), (3, 8, 1, False)]
-)
+# The folded products sum in another order than MLX's one product per head where the BLAS
+# picks other kernels (8 query heads per key/value head; MKL by shape; blas_gemv.py's sgemv
+# forwarding), and the polynomial exp of the softmax differs from MLX's ``exp`` by float32
+# rounding: the outputs agree to rounding, not bit for bit.
+@pytest.mark.parametrize(("batch", "heads", "kv_heads"), [(32, 9, 3), (5, 8, 8), (3, 8, 1)])
 @pytest.mark.parametrize("mask_kind", ["none", "bool_rows", "bool_shared", "additive"])
-def test_decode_attention_equals_mlx(
-    batch: int, heads: int, kv_heads: int, exact: bool, mask_kind: str
-) -> None:
+def test_decode_attention_equals_mlx(batch: int, heads: int, kv_heads: int, mask_kind: str) -> None:
     import mlx.core as mx
 
     length = 37
@@ -68,10 +62,77 @@ def test_decode_attention_equals_mlx(
         finally:
             blas_gemv.set_forwarding(True)
         assert got.shape == expected.shape == (batch, heads, 1, 64)
-        if exact and not forwarding and blas_info()["kind"] == "openblas":
-            assert mx.array_equal(got, expected).item()
-        else:
-            assert mx.allclose(got, expected, rtol=1e-5, atol=1e-6).item()
+        assert mx.allclose(got, expected, rtol=1e-5, atol=1e-6).item()
+
+
+def _prefill_masks(batch: int, length: int, total: int) -> dict[str, Any]:
+    import mlx.core as mx
+    from mlx_lm.models.base import create_causal_mask
+
+    left_padding = mx.array([(3 * i) % (length + 1) for i in range(batch)])
+    return {
+        "none": None,
+        "causal": "causal",
+        "causal_array": create_causal_mask(length, total - length),  # (L, T)
+        # BatchKVCache's left-padded prompts, (B, 1, L, T); the padding positions of a
+        # prompt padded by `length` see no key at all.
+        "left_padded": create_causal_mask(length, total - length, left_padding=left_padding),
+        "additive": mx.broadcast_to(
+            mx.where(mx.arange(total) % 5 == 0, -1e9, 0.0), (length, total)
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv_heads", "length", "total"),
+    [(4, 9, 3, 17, 17), (2, 9, 3, 9, 40), (1, 9, 3, 320, 320), (3, 8, 1, 6, 6), (2, 4, 4, 7, 30)],
+)
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "causal_array", "left_padded", "additive"])
+def test_prefill_attention_equals_mlx(
+    batch: int, heads: int, kv_heads: int, length: int, total: int, mask_kind: str
+) -> None:
+    import mlx.core as mx
+
+    mx.random.seed(length * 7 + total)
+    q = mx.random.normal((batch, heads, length, 64))
+    k = mx.random.normal((batch, kv_heads, total, 64))
+    v = mx.random.normal((batch, kv_heads, total, 32))  # value heads smaller than key heads
+    mask = _prefill_masks(batch, length, total)[mask_kind]
+    assert cpu_ops._prefill_mask(mask, length, total)
+    expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=mask)
+    got = cpu_ops.prefill_attention(q, k, v, 0.125, mask)
+    mx.eval(expected, got)
+    assert got.shape == expected.shape == (batch, heads, length, 32)
+    assert not mx.isnan(got).any().item()  # a fully masked padding row stays finite
+    assert mx.allclose(got, expected, rtol=1e-5, atol=1e-5).item()
+
+
+def test_only_prefill_masks_of_known_shapes_are_folded() -> None:
+    import mlx.core as mx
+
+    assert cpu_ops._prefill_mask(None, 4, 9) and cpu_ops._prefill_mask("causal", 4, 9)
+    assert cpu_ops._prefill_mask(mx.ones((4, 9), dtype=mx.bool_), 4, 9)
+    assert cpu_ops._prefill_mask(mx.ones((3, 1, 4, 9), dtype=mx.bool_), 4, 9)
+    assert not cpu_ops._prefill_mask(mx.ones((3, 9, 4, 9)), 4, 9)  # per query head
+    assert not cpu_ops._prefill_mask(mx.ones((1, 1, 1, 9)), 4, 9)  # broadcast over queries
+    assert not cpu_ops._prefill_mask(mx.ones((3, 4, 9)), 4, 9)  # ambiguous rank 3
+    assert not cpu_ops._prefill_mask("sliding", 4, 9)
+
+
+@pytest.mark.parametrize("shape", [(32, 3, 3, 37), (9, 256, 256), (2, 3, 3, 600, 512)])
+def test_softmax_matches_mlx_in_one_block_and_in_many(shape: tuple[int, ...]) -> None:
+    import mlx.core as mx
+
+    mx.random.seed(len(shape))
+    scores = mx.random.normal(shape) * 6
+    scores = mx.where(mx.arange(shape[-1]) % 4 == 0, mx.finfo(mx.float32).min, scores)
+    got = cpu_ops.softmax(scores)
+    expected = mx.softmax(scores, axis=-1, precise=True)
+    assert got.shape == scores.shape and got.dtype == mx.float32
+    assert mx.allclose(got, expected, rtol=1e-6, atol=1e-7).item()
+    assert (got[..., ::4] == 0).all().item()  # masked entries get exactly 0, as with MLX's exp
+    half = scores.astype(mx.float16)  # other dtypes: MLX's own softmax
+    assert mx.array_equal(cpu_ops.softmax(half), mx.softmax(half, axis=-1, precise=True)).item()
 
 
 def test_decode_attention_keeps_the_value_head_size() -> None:
@@ -94,6 +155,20 @@ def test_only_decode_shaped_masks_are_folded() -> None:
     assert not cpu_ops._decode_mask("causal", 4)
     assert not cpu_ops._decode_mask(mx.ones((4, 9, 1, 9)), 4)  # per query head
     assert not cpu_ops._decode_mask(mx.ones((4, 1, 9)), 4)  # ambiguous rank 3
+
+
+def test_softmax_first_traced_on_a_single_score_serves_longer_rows(monkeypatch: Any) -> None:
+    # An engine's first decode step attends one cached token: a row of one score. The
+    # compiled loop traced on it must give right answers (and not read past its rows) on the
+    # longer rows of every later step.
+    import mlx.core as mx
+
+    monkeypatch.setattr(cpu_ops, "_compiled", {})
+    monkeypatch.setattr(cpu_ops, "_SOFTMAX_MIN", 1)  # the polynomial also for few scores
+    for length in (1, 37, 2):
+        scores = mx.random.normal((4, 3, 3, length)) * 5
+        got = cpu_ops.softmax(scores)
+        assert mx.allclose(got, mx.softmax(scores, axis=-1, precise=True), atol=1e-7).item()
 
 
 # ---------------------------------------------------------------------- exp and SwiGLU
@@ -140,9 +215,14 @@ def test_dispatchers_take_the_fast_path_only_on_an_enabled_thread(monkeypatch: A
     monkeypatch.setattr(llama, "scaled_dot_product_attention", base.scaled_dot_product_attention)
     monkeypatch.setattr(llama, "swiglu", activations.swiglu)
     real_attention, real_swiglu = cpu_ops.decode_attention, cpu_ops.swiglu
+    real_prefill = cpu_ops.prefill_attention
     monkeypatch.setattr(
         cpu_ops, "decode_attention",
         lambda *a: calls.append("attention") or real_attention(*a),
+    )  # fmt: skip
+    monkeypatch.setattr(
+        cpu_ops, "prefill_attention",
+        lambda *a: calls.append("prefill attention") or real_prefill(*a),
     )  # fmt: skip
     monkeypatch.setattr(cpu_ops, "swiglu", lambda *a: calls.append("swiglu") or real_swiglu(*a))
 
@@ -157,12 +237,14 @@ def test_dispatchers_take_the_fast_path_only_on_an_enabled_thread(monkeypatch: A
     prefill_q = mx.random.normal((2, 9, 4, 64))
     prefill_gate = mx.ones((2, 4, 16))
     half = mx.ones((2, 4, 16), dtype=mx.float16)
-    mx.eval(q, k, v, gate, prefill_q, prefill_gate, half)
+    per_head = mx.ones((2, 9, 4, 5), dtype=mx.bool_)  # a mask per query head
+    mx.eval(per_head, q, k, v, gate, prefill_q, prefill_gate, half)
 
     def run() -> None:
         sdpa(q, k, v, cache=None, scale=0.125, mask=None)
         llama.swiglu(gate, gate)
-        sdpa(prefill_q, k, v, cache=None, scale=0.125, mask="causal")  # prefill: mlx-lm's
+        sdpa(prefill_q, k, v, cache=None, scale=0.125, mask="causal")  # prefill: the fast one
+        sdpa(prefill_q, k, v, cache=None, scale=0.125, mask=per_head)  # not folded: mlx-lm's
         llama.swiglu(prefill_gate, prefill_gate)  # prefill SwiGLU: the fast one too
         llama.swiglu(half, half)  # not float32: mlx-lm's
 
@@ -175,7 +257,9 @@ def test_dispatchers_take_the_fast_path_only_on_an_enabled_thread(monkeypatch: A
     worker = threading.Thread(target=on_enabled_thread)
     worker.start()
     worker.join()
-    fast = ["attention", "swiglu", "swiglu"] if "swiglu" in _INSTALLED else ["attention"]
+    fast = ["attention", "swiglu", "prefill attention", "swiglu"]
+    if "swiglu" not in _INSTALLED:
+        fast = ["attention", "prefill attention"]
     assert calls == fast
     run()  # enabling another thread did not enable this one
     assert calls == fast
