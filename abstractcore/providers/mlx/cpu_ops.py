@@ -5,7 +5,8 @@ SmolLM2-135M spent about 65 ms in attention and 32 ms in SwiGLU out of ~350 ms:
 
 - **Attention (decode and prefill).** MLX's CPU ``scaled_dot_product_attention`` makes one
   small matrix product per (row, query head). :func:`decode_attention` (one query token per
-  row) and :func:`prefill_attention` (a chunk of prompt tokens, causal or left-padded) fold
+  row) and :func:`prefill_attention` (a chunk of prompt tokens: causal, windowed or
+  left-padded masks) fold
   the query heads that share a key/value head into the rows of one product (grouped-query
   attention), a third as many BLAS calls for SmolLM2's 9 query / 3 key-value heads. Their
   softmax (:func:`softmax`) uses the polynomial ``exp`` below: in MLX's fallback the ``exp``
@@ -236,6 +237,16 @@ def _prefill_mask(mask: Any, length: int, total: int) -> bool:
     return len(shape) == 2 or (len(shape) == 4 and shape[1] == 1)
 
 
+def _mask_dtype_fits(mask: Any, queries: Any) -> bool:
+    """A boolean mask or none, or an additive one of the queries' dtype: MLX refuses an
+    additive mask that would promote the output (float32 on a float16 model), which
+    :func:`_masked` would silently do."""
+    import mlx.core as mx
+
+    dtype = getattr(mask, "dtype", None)
+    return dtype is None or dtype == mx.bool_ or dtype == queries.dtype
+
+
 def _attention_dispatcher(original: Callable[..., Any]) -> Callable[..., Any]:
     def scaled_dot_product_attention(
         queries: Any, keys: Any, values: Any, cache: Any, scale: float, mask: Any,
@@ -246,6 +257,7 @@ def _attention_dispatcher(original: Callable[..., Any]) -> Callable[..., Any]:
             and sinks is None
             and not hasattr(cache, "bits")  # quantized KV cache: mlx-lm's own kernel
             and queries.shape[1] % keys.shape[1] == 0
+            and _mask_dtype_fits(mask, queries)
         ):
             length, total = queries.shape[2], keys.shape[2]
             if length == 1 and _decode_mask(mask, queries.shape[0]):

@@ -85,7 +85,14 @@ def _prefill_masks(batch: int, length: int, total: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("batch", "heads", "kv_heads", "length", "total"),
-    [(4, 9, 3, 17, 17), (2, 9, 3, 9, 40), (1, 9, 3, 320, 320), (3, 8, 1, 6, 6), (2, 4, 4, 7, 30)],
+    [
+        (4, 9, 3, 17, 17),
+        (2, 9, 3, 9, 40),
+        (4, 9, 3, 17, 60),
+        (1, 9, 3, 320, 320),
+        (3, 8, 1, 6, 6),
+        (2, 4, 4, 7, 30),
+    ],  # (4, 9, 3, 17, 60): a cache offset with enough scores for the polynomial softmax
 )
 @pytest.mark.parametrize("mask_kind", ["none", "causal", "causal_array", "left_padded", "additive"])
 def test_prefill_attention_equals_mlx(
@@ -117,6 +124,16 @@ def test_only_prefill_masks_of_known_shapes_are_folded() -> None:
     assert not cpu_ops._prefill_mask(mx.ones((1, 1, 1, 9)), 4, 9)  # broadcast over queries
     assert not cpu_ops._prefill_mask(mx.ones((3, 4, 9)), 4, 9)  # ambiguous rank 3
     assert not cpu_ops._prefill_mask("sliding", 4, 9)
+
+
+def test_additive_masks_of_another_dtype_stay_on_mlx() -> None:
+    import mlx.core as mx
+
+    half = mx.zeros((2, 9, 4, 64), dtype=mx.float16)
+    assert cpu_ops._mask_dtype_fits(None, half) and cpu_ops._mask_dtype_fits("causal", half)
+    assert cpu_ops._mask_dtype_fits(mx.ones((4, 5), dtype=mx.bool_), half)
+    assert cpu_ops._mask_dtype_fits(mx.zeros((4, 5), dtype=mx.float16), half)
+    assert not cpu_ops._mask_dtype_fits(mx.zeros((4, 5), dtype=mx.float32), half)  # promotes
 
 
 @pytest.mark.parametrize("shape", [(32, 3, 3, 37), (9, 256, 256), (2, 3, 3, 600, 512)])
@@ -245,6 +262,7 @@ def test_dispatchers_take_the_fast_path_only_on_an_enabled_thread(monkeypatch: A
         llama.swiglu(gate, gate)
         sdpa(prefill_q, k, v, cache=None, scale=0.125, mask="causal")  # prefill: the fast one
         sdpa(prefill_q, k, v, cache=None, scale=0.125, mask=per_head)  # not folded: mlx-lm's
+        sdpa(prefill_q, k[:, :, :3], v[:, :, :3], cache=None, scale=0.125, mask=None)  # L > T
         llama.swiglu(prefill_gate, prefill_gate)  # prefill SwiGLU: the fast one too
         llama.swiglu(half, half)  # not float32: mlx-lm's
 
