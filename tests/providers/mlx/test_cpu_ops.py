@@ -207,7 +207,9 @@ def test_polynomial_exp_saturates_instead_of_overflowing() -> None:
     assert got[0] == got[1] < 1e-37 and got[2] == got[3] > 1e38
 
 
-@pytest.mark.parametrize("shape", [(32, 1, 1536), (3, 17, 1536), (5, 40)])  # decode, prefill
+@pytest.mark.parametrize(
+    "shape", [(32, 1, 1536), (3, 17, 1536), (5, 40), (8, 40, 1536), (2, 300, 512)]
+)  # decode, prefill, prefill in blocks of rows
 def test_swiglu_matches_silu_times_x(shape: tuple[int, ...]) -> None:
     import mlx.core as mx
 
