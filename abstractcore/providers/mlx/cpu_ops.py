@@ -6,11 +6,11 @@ SmolLM2-135M spent about 65 ms in attention and 32 ms in SwiGLU out of ~350 ms:
 - **Attention (decode and prefill).** MLX's CPU ``scaled_dot_product_attention`` makes one
   small matrix product per (row, query head). :func:`decode_attention` (one query token per
   row) and :func:`prefill_attention` (a chunk of prompt tokens: causal, windowed or
-  left-padded masks) fold
-  the query heads that share a key/value head into the rows of one product (grouped-query
-  attention), a third as many BLAS calls for SmolLM2's 9 query / 3 key-value heads. Their
-  softmax (:func:`softmax`) uses the polynomial ``exp`` below: in MLX's fallback the ``exp``
-  of the scores is most of attention's time (a 256-token prefill: ~7 of 8 ms per layer).
+  left-padded masks) fold the query heads that share a key/value head into the rows of one
+  product (grouped-query attention), a third as many BLAS calls for SmolLM2's 9 query / 3
+  key-value heads. Their softmax (:func:`softmax`) uses the polynomial ``exp`` below: in
+  MLX's fallback the ``exp`` of the scores is most of attention's time (a 256-token
+  prefill: ~7 of 8 ms per layer).
   Both agree with MLX's kernel to float32 rounding (tested for decode and prefill masks).
 - **SwiGLU (decode and prefill).** MLX's CPU ``exp`` runs at ~11-15 ns per element here (a
   multiply at ~0.4 ns), so the sigmoid dominates. :func:`swiglu` computes ``exp`` as a
