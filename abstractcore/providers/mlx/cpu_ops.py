@@ -308,9 +308,11 @@ def _swiglu_dispatcher(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install(model: Any) -> tuple[list[str], list[str]]:
-    """Put the dispatchers into every module the model's layers come from; returns (names
+    """Put the dispatchers into every module the model's layers come from, and
+    cpu_rope_norm.py's RoPE and RMSNorm onto the model's own instances; returns (names
     replaced, names not replaced: no module of the model calls mlx-lm's function by that
-    name, or SwiGLU where MLX cannot compile for the CPU: it runs ``g++``)."""
+    name or has such a layer, or what needs MLX's CPU compiler where it cannot run:
+    ``g++``)."""
     from mlx_lm.models import activations, base
 
     from .compat import replace_module_functions
@@ -323,7 +325,13 @@ def install(model: Any) -> tuple[list[str], list[str]]:
     if compiles:
         wanted["swiglu"] = (_unwrapped(activations.swiglu), _swiglu_dispatcher)
     replaced, missing = replace_module_functions(model, wanted)
-    return replaced, missing if compiles else [*missing, "swiglu"]
+    if not compiles:
+        return replaced, [*missing, "swiglu", "rope", "rms_norm"]
+    from . import cpu_rope_norm
+
+    swapped = cpu_rope_norm.install(model)
+    missing += [name for name in ("rope", "rms_norm") if name not in swapped]
+    return replaced + swapped, missing
 
 
 def _unwrapped(fn: Any) -> Any:

@@ -32,6 +32,8 @@ def _qkv(batch: int, heads: int, kv_heads: int, length: int, dim: int = 64) -> t
 
 #: What install() replaces here: SwiGLU only where MLX can compile for the CPU.
 _INSTALLED = ["scaled_dot_product_attention"] + (["swiglu"] if shutil.which("g++") else [])
+#: ... and on a model with layers: its RMSNorm and RoPE (cpu_rope_norm.py), compiled too.
+_INSTALLED_ON_A_MODEL = _INSTALLED + (["rms_norm", "rope"] if shutil.which("g++") else [])
 
 
 # ---------------------------------------------------------------------- attention
@@ -294,7 +296,7 @@ def test_the_engine_reports_and_can_switch_off_its_cpu_ops(
 
     if mx.default_device() != mx.cpu:
         pytest.skip("cpu_ops apply on the CPU only")
-    assert mlx_llm.stats()["cpu_ops"] == _INSTALLED
+    assert mlx_llm.stats()["cpu_ops"] == _INSTALLED_ON_A_MODEL
     with MLXProvider(str(embedded_model_dir), fast_cpu_ops=False, pad_rows=False) as plain:
         assert plain.stats()["cpu_ops"] == []
         prompt = "List four animals that live in the sea."
