@@ -53,32 +53,51 @@ def _rotate(halves: Any, reversed_halves: Any, cos2: Any, sin2: Any) -> Any:
     return halves * cos2 + reversed_halves * sin2
 
 
+def _angle_tables(positions: Any, inv_freqs2: Any, signs: Any) -> tuple[Any, Any]:
+    theta = positions * inv_freqs2  # the fallback's positions[:, None] * inv_freqs, twice
+    return mx.cos(theta), mx.sin(theta) * signs
+
+
 def _rms(x: Any, weight: Any, eps: float) -> Any:
     # The fallback's order: x * rsqrt(mean(x^2) + eps), then the weight.
     return weight * (x * mx.rsqrt(mx.mean(mx.square(x), axis=-1, keepdims=True) + eps))
 
 
 _rotate_compiled = mx.compile(_rotate)
+_angle_tables_compiled = mx.compile(_angle_tables)
 _rms_compiled = mx.compile(_rms)
 
 
+def _frequencies(dims: int, base: float) -> tuple[Any, Any]:
+    """The fallback's frequencies ``exp(-i * log(base) / (D/2))`` for i < D/2, repeated
+    along a (2, D/2) axis, and the signs (-1 over 1) that turn ``sin`` into the rotation's
+    (-sin, sin); evaluated once per (dims, base)."""
+    key = (dims, base)
+    kept: dict[tuple[int, float], tuple[Any, Any]] = _local.__dict__.setdefault("freqs", {})
+    if key not in kept:
+        half = dims // 2
+        t = mx.float32
+        inv_freqs = mx.exp(mx.arange(0, -half, -1, dtype=t) * (math.log(base) / half))
+        signs = mx.array([[-1.0], [1.0]], dtype=t)
+        kept[key] = (mx.stack([inv_freqs, inv_freqs]), signs)
+        mx.eval(kept[key])
+    return kept[key]
+
+
 def _tables(dims: int, base: float, scale: float, offset: Any) -> tuple[Any, Any]:
-    """``cos`` and ``sin`` of one token's angles, each doubled along a (2, D/2) axis: shape
-    (1, 2, D/2), or (B, 1, 1, 2, D/2) for per-row offsets. The fallback's formula: positions
-    ``(arange(1) + offset) * scale``, frequencies ``exp(-i * log(base) / (D/2))``."""
-    half = dims // 2
-    t = mx.float32
+    """``cos`` and (-sin, sin) of one token's angles along a (2, D/2) axis: shape (1, 2, D/2),
+    or (B, 1, 1, 2, D/2) for one offset per row. The fallback's positions are
+    ``(arange(1) + offset) * scale``: the offset (exact in float32 below 2**24) times the
+    scale."""
+    inv_freqs2, signs = _frequencies(dims, base)
     if isinstance(offset, int):
-        positions = (mx.arange(1, dtype=t) + offset) * scale
+        positions = mx.array(float(offset), mx.float32) * scale
     else:
-        positions = (mx.arange(1, dtype=t) + offset.astype(t).reshape(-1, 1)) * scale
-    inv_freqs = mx.exp(mx.arange(0, -half, -1, dtype=t) * (math.log(base) / half))
-    theta = mx.expand_dims(positions, -1) * inv_freqs
-    cos, sin = mx.cos(theta), mx.sin(theta)
-    cos2, sin2 = mx.stack([cos, cos], axis=-2), mx.stack([-sin, sin], axis=-2)
-    if not isinstance(offset, int) and offset.ndim == 1:
-        cos2, sin2 = cos2[:, None], sin2[:, None]  # (B, 1, 1, 2, D/2): one row per cache row
-    return cos2, sin2
+        positions = offset.astype(mx.float32) * scale
+        if offset.ndim == 1:
+            positions = positions.reshape(-1, 1, 1, 1, 1)  # (B, 1, 1, 2, D/2) against x
+    cos2, sin2 = _angle_tables_compiled(positions, inv_freqs2, signs)
+    return cos2 if cos2.ndim > 2 else cos2[None], sin2 if sin2.ndim > 2 else sin2[None]
 
 
 def _int_offset_tables(dims: int, base: float, scale: float, offset: int) -> tuple[Any, Any]:
