@@ -3,23 +3,27 @@
     .venv/bin/python scripts/profile_decode_step.py          # 1, 8, 32 rows; 512-token context
     .venv/bin/python scripts/profile_decode_step.py --rows 32 --context 1024 --prompt 256
 
-With ``--engine-ops`` the model runs the engine's CPU attention and SwiGLU (cpu_ops.py), as
-the engine's thread does; without it, mlx-lm's model as it ships. For each row count it
-times, on a KV cache of ``--context`` tokens per row:
+With ``--engine-ops`` the model runs the engine's CPU replacements (cpu_ops.py: attention
+and SwiGLU; cpu_rope_norm.py: RoPE and RMSNorm), as the engine's thread does; without it,
+mlx-lm's model as it ships. For each row count it times, on a KV cache of ``--context``
+tokens per row:
 
 - the whole step as the engine runs it (``model(tokens, cache)`` and the arg-max, evaluated
-  once: MLX's lazy graph, dispatched and run as one);
-- each kind of operation of the same step evaluated on its own, summed over the layers:
-  the dense products (q, k, v, o, gate, up, down), attention, the elementwise chains (two
-  RMSNorms, RoPE on q and k, SwiGLU, two residual adds), the output projection with the
-  final norm, and sampling (the arg-max, and the log-softmax mlx-lm computes per row);
+  once: MLX's lazy graph, dispatched and run as one), and how many primitives MLX evaluates
+  for it (on the CPU each costs a few microseconds of dispatch, whatever its size);
+- the dense products (q, k, v, o, gate, up, down) of all layers, evaluated together so that
+  each weight is read once, as in a step;
+- each other kind of operation of the same step evaluated on its own, summed over the
+  layers: attention, the elementwise chains (two RMSNorms, RoPE on q and k, SwiGLU, two
+  residual adds), the output projection with the final norm, and sampling (the arg-max, and
+  the log-softmax mlx-lm computes per row);
 
 then a prefill pass of ``--prompt`` tokens for one row, whole and its products alone. It also
 measures the machine: the time to stream the model's weights once (a product per weight
-matrix at one row, the same as a decode step's products at one row) gives the bound of one
-stream. "Isolated" sums include each op's own dispatch and memory pass, so they add up to
-more than the fused step when MLX overlaps work, and to less when the step has overheads
-(Python, graph building, dispatch) of its own: the difference is reported as such.
+matrix at one row, all evaluated together) gives the bound of one stream. "Isolated" sums
+include each op's own dispatch and memory pass, so they add up to more than the fused step
+when MLX overlaps work, and to less when the step has overheads (Python, graph building,
+dispatch) of its own: the difference is reported as such.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from abstractcore.providers.mlx.blas import preload_blas
@@ -97,19 +103,18 @@ def profile_rows(model: Any, rows: int, context: int, reps: int) -> dict[str, fl
     k = mx.random.normal((rows, kv_heads, context + 1, head_dim))
     v = mx.random.normal((rows, kv_heads, context + 1, head_dim))
     attn_out = mx.random.normal((rows, 1, heads * head_dim))
-    per_layer = {
-        "products": sum(
-            _median_s(f, reps)
-            for f in (
-                lambda: att.q_proj(x),
-                lambda: att.k_proj(x),
-                lambda: att.v_proj(x),
-                lambda: att.o_proj(attn_out),
-                lambda: mlp.gate_proj(x),
-                lambda: mlp.up_proj(x),
-                lambda: mlp.down_proj(g),
+    def products() -> list[Any]:  # every layer's weights once, as a step reads them
+        return [
+            out
+            for lay in inner.layers
+            for out in (
+                lay.self_attn.q_proj(x), lay.self_attn.k_proj(x), lay.self_attn.v_proj(x),
+                lay.self_attn.o_proj(attn_out), lay.mlp.gate_proj(x), lay.mlp.up_proj(x),
+                lay.mlp.down_proj(g),
             )
-        ),  # fmt: skip
+        ]  # fmt: skip
+
+    per_layer = {
         "attention": _median_s(
             lambda: scaled_dot_product_attention(q, k, v, cache=None, scale=att.scale, mask=None),
             reps,
@@ -127,7 +132,8 @@ def profile_rows(model: Any, rows: int, context: int, reps: int) -> dict[str, fl
             )
         ),  # fmt: skip
     }
-    out = {k: v * n_layers for k, v in per_layer.items()}
+    out = {"products": _median_s(products, reps)}
+    out.update({k: v * n_layers for k, v in per_layer.items()})
     lm_head = inner.embed_tokens.as_linear if model.args.tie_word_embeddings else model.lm_head
     out["output projection"] = _median_s(lambda: lm_head(inner.norm(x)), reps)
     logits = mx.random.normal((rows, inner.embed_tokens.weight.shape[0]))
@@ -139,21 +145,34 @@ def profile_rows(model: Any, rows: int, context: int, reps: int) -> dict[str, fl
         out[k] for k in ("products", "attention", "elementwise", "output projection", "arg-max")
     )
     out["whole step"] = total
+    out["primitives"] = _primitives(mx.argmax(model(tokens, cache=cache)[:, -1, :], axis=-1))
+    for c in cache:
+        c.trim(1)
     return out
 
 
+def _primitives(out: Any) -> int:
+    """The operations MLX evaluates for ``out`` (not yet evaluated): the nodes of its graph
+    that are primitives, counted in MLX's own export of the graph."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "graph.dot"
+        mx.export_to_dot(str(path), out)
+        return path.read_text().count("shape=rectangle")
+
+
 def weight_stream_s(model: Any, reps: int) -> tuple[float, float]:
-    """(seconds to read every weight matrix once at one row, their bytes)."""
-    seconds = 0.0
-    size = 0
-    for _, m in model.named_modules():
-        w = m.get("weight") if isinstance(m.get("weight"), mx.array) else None
-        if w is None or w.ndim != 2:
-            continue
-        x = mx.random.normal((1, w.shape[1]))
-        seconds += _median_s(lambda w=w, x=x: x @ w.T, reps)
-        size += w.nbytes
-    return seconds, size
+    """(seconds to read every weight matrix once at one row, their bytes): one product per
+    matrix, all evaluated together, so that each weight is read once per repetition as a
+    step reads it (timing one matrix again and again would read it from the CPU's caches)."""
+    weights = [
+        w
+        for _, m in model.named_modules()
+        if isinstance(w := m.get("weight"), mx.array) and w.ndim == 2
+    ]
+    inputs = [mx.random.normal((1, w.shape[1])) for w in weights]
+    mx.eval(inputs)
+    seconds = _median_s(lambda: [x @ w.T for x, w in zip(inputs, weights, strict=True)], reps)
+    return seconds, sum(w.nbytes for w in weights)
 
 
 def profile_prefill(model: Any, prompt: int, reps: int) -> dict[str, float]:
@@ -207,7 +226,7 @@ def main() -> None:
           f"({size / stream_s / 1e9:.1f} GB/s): the bound of one stream, "
           f"{1 / stream_s:.0f} tok/s\n")  # fmt: skip
     rows = [profile_rows(model, r, args.context, args.reps) for r in args.rows]
-    keys = list(rows[0])
+    keys = [k for k in rows[0] if k != "primitives"]
     print(f"| ms per decode step (context {args.context}) | "
           + " | ".join(f"{r} rows" for r in args.rows) + " |")  # fmt: skip
     print("|---|" + "---:|" * len(args.rows))
@@ -216,6 +235,8 @@ def main() -> None:
     print("| whole step - isolated sum (overheads: Python, graph, dispatch; negative: overlap) | "
           + " | ".join(f"{(r['whole step'] - r['isolated sum']) * 1e3:.1f}" for r in rows)
           + " |")  # fmt: skip
+    print("| primitives MLX evaluates per step (count) | "
+          + " | ".join(str(r["primitives"]) for r in rows) + " |")  # fmt: skip
     pre = profile_prefill(model, args.prompt, args.reps)
     print(f"\nprefill of {args.prompt} tokens, one row: {pre['whole pass'] * 1e3:.0f} ms "
           f"({args.prompt / pre['whole pass']:.0f} tok/s); its dense products alone "
