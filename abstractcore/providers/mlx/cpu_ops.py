@@ -18,6 +18,9 @@ SmolLM2-135M spent about 65 ms in attention and 32 ms in SwiGLU out of ~350 ms:
   loops: 3-4x faster, and closer to the exact value than MLX's own ``exp`` (max relative
   error 8e-8 against 3.8e-6; ``tests/providers/mlx/test_cpu_ops.py``).
 
+(RoPE and RMSNorm, MLX's CPU fallbacks for which cost a decode step more in dispatch than in
+arithmetic, are cpu_rope_norm.py's; :func:`install` puts them in place too.)
+
 The model code calls these through module globals (``scaled_dot_product_attention`` and
 ``swiglu`` in e.g. ``mlx_lm.models.llama``), so :func:`install` has compat.py put a dispatcher
 there, in every module the model's layers come from, that uses the fast version only on a

@@ -37,7 +37,8 @@ import threading
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
+from mlx.nn.layers.normalization import RMSNorm
+from mlx.nn.layers.positional_encoding import RoPE
 
 from .compat import set_layer_class
 from .cpu_ops import _fast_here  # one switch for all of the engine's CPU ops
@@ -139,7 +140,7 @@ def _rope_fits(x: Any, dims: int, traditional: bool, offset: Any) -> bool:
     return isinstance(offset, int) or offset.ndim == 0 or offset.shape == (x.shape[0],)
 
 
-class FastRoPE(nn.RoPE):
+class FastRoPE(RoPE):
     """``nn.RoPE`` that runs :func:`rope` for decode inputs on an enabled thread."""
 
     def __call__(self, x: Any, offset: Any = 0) -> Any:
@@ -148,7 +149,7 @@ class FastRoPE(nn.RoPE):
         return super().__call__(x, offset=offset)
 
 
-class FastRMSNorm(nn.RMSNorm):
+class FastRMSNorm(RMSNorm):
     """``nn.RMSNorm`` that runs :func:`rms_norm` for decode inputs on an enabled thread."""
 
     def __call__(self, x: Any) -> Any:
@@ -161,7 +162,7 @@ class FastRMSNorm(nn.RMSNorm):
             and weight.dtype == mx.float32
         ):
             return rms_norm(x, weight, self.eps)
-        return super().__call__(x)
+        return super().__call__(x)  # type: ignore[no-untyped-call]
 
 
 def install(model: Any) -> list[str]:
@@ -170,10 +171,10 @@ def install(model: Any) -> list[str]:
     returns the names of the kinds replaced ("rope", "rms_norm")."""
     replaced: set[str] = set()
     for module in model.modules():
-        if type(module) is nn.RoPE or type(module) is FastRoPE:
+        if type(module) is RoPE or type(module) is FastRoPE:
             set_layer_class(module, FastRoPE)
             replaced.add("rope")
-        elif type(module) is nn.RMSNorm or type(module) is FastRMSNorm:
+        elif type(module) is RMSNorm or type(module) is FastRMSNorm:
             set_layer_class(module, FastRMSNorm)
             replaced.add("rms_norm")
     return sorted(replaced)
