@@ -56,8 +56,10 @@ class SoloDecode:
         cache: list[Any] | None = None,
         cached: int = 0,
         processors: Sequence[Callable[[Any, Any], Any]] = (),
+        logprobs: bool = True,
     ) -> None:
         from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.sample_utils import greedy_sampler
 
         if not 0 <= cached < len(prompt):
             raise ValueError(f"cached={cached} must leave a prompt token to feed")
@@ -66,6 +68,11 @@ class SoloDecode:
         self.sampler = sampler
         #: Logits processors (a grammar), called as mlx-lm's generate_step calls them.
         self.processors = tuple(processors)
+        #: A greedy request that wants no logprobs takes the arg-max of the logits: the same
+        #: token as the arg-max of ``logits - logsumexp(logits)``, without normalizing the
+        #: vocabulary every step (0.7 ms of a 30 ms one-row step on the CPU), as the batch's
+        #: greedy step does (compat.py).
+        self._argmax_only = sampler is greedy_sampler and not logprobs
         self.max_tokens = max_tokens
         self.prefill_step_size = prefill_step_size
         self.cache: list[Any] = cache if cache is not None else make_prompt_cache(model)
@@ -150,6 +157,10 @@ class SoloDecode:
         logits = self.model(inputs[None], cache=self.cache)[:, -1, :]
         for processor in self.processors:
             logits = processor(inputs, logits)
+        if self._argmax_only:
+            y = mx.argmax(logits, axis=-1)
+            mx.async_eval(y)  # type: ignore[no-untyped-call]
+            return y, None
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         y = self.sampler(logprobs)
         mx.async_eval(y)  # type: ignore[no-untyped-call]
@@ -160,7 +171,7 @@ class SoloDecode:
 class SoloStep:
     """What one solo step did: the token (None after a prefill chunk), why the request ended
     with it (None: it goes on), how many prompt tokens it prefilled, and the logprobs the
-    token was sampled from (one row, MLX)."""
+    token was sampled from (one row, MLX; None for a greedy request that asked for none)."""
 
     token: int | None
     finish: str | None
@@ -205,6 +216,7 @@ class SoloLane:
             cache=cache,
             cached=cached,
             processors=processors,
+            logprobs=job.top_logprobs is not None,
         )
         self.state = state
         return next(self._uids)

@@ -109,6 +109,31 @@ def test_solo_decode_and_its_handover_give_the_greedy_tokens(
     assert final.prompt_cache[0].offset == len(final.all_tokens)
 
 
+@pytest.mark.parametrize("logprobs", [True, False])
+def test_greedy_solo_decode_without_logprobs_takes_the_argmax(
+    mlx_llm: Any, reference: Any, logprobs: bool
+) -> None:
+    """A greedy request that wants no logprobs skips normalizing the logits: same tokens."""
+    from mlx_lm.generate import generation_stream
+    from mlx_lm.sample_utils import greedy_sampler
+
+    from abstractcore.providers.mlx.solo import SoloDecode
+
+    model = reference.model
+    prompt = mlx_llm.tokenize(LONG)
+    solo = SoloDecode(
+        model, prompt, stream=generation_stream, sampler=greedy_sampler, max_tokens=N,
+        prefill_step_size=512, logprobs=logprobs,
+    )  # fmt: skip
+    out: list[int] = []
+    _run_until(solo, "never", out, len(prompt))
+    assert out == _greedy_tokens(model, prompt, N)
+    if logprobs:
+        assert solo.last_logprobs.shape == (model.args.vocab_size,)
+    else:
+        assert solo.last_logprobs is None
+
+
 def test_handover_needs_the_pending_token_read_first(mlx_llm: Any, reference: Any) -> None:
     from mlx_lm.generate import generation_stream
     from mlx_lm.sample_utils import greedy_sampler
