@@ -103,6 +103,7 @@ def profile_rows(model: Any, rows: int, context: int, reps: int) -> dict[str, fl
     k = mx.random.normal((rows, kv_heads, context + 1, head_dim))
     v = mx.random.normal((rows, kv_heads, context + 1, head_dim))
     attn_out = mx.random.normal((rows, 1, heads * head_dim))
+
     def products() -> list[Any]:  # every layer's weights once, as a step reads them
         return [
             out
