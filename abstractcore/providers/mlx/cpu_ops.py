@@ -32,16 +32,16 @@ baseline, runs unchanged.
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
 from typing import Any
+
+from .cpu_switch import enable_on_this_thread
+from .cpu_switch import enabled_here as _fast_here
 
 __all__ = [
     "decode_attention", "enable_on_this_thread", "install", "prefill_attention", "softmax",
     "swiglu",
 ]  # fmt: skip
-
-_local = threading.local()
 
 # Cephes expf: exp(x) = 2**n * exp(r), x = n*ln2 + r, |r| <= ln2/2; ln2 split in two so that
 # n*ln2 is exact enough.
@@ -231,10 +231,6 @@ def prefill_attention(queries: Any, keys: Any, values: Any, scale: float, mask: 
     return (weights @ values).reshape(b, h, length, values.shape[-1])
 
 
-def _fast_here() -> bool:
-    return getattr(_local, "on", False)
-
-
 def _decode_mask(mask: Any, batch: int) -> bool:
     """Whether ``mask`` broadcasts the same against the folded scores (B, Hk, H/Hk, L) as
     against (B, H, 1, L): None, (L,), (1, L), or (1 or B, 1, 1, L)."""
@@ -340,8 +336,3 @@ def install(model: Any) -> tuple[list[str], list[str]]:
 def _unwrapped(fn: Any) -> Any:
     """mlx-lm's own function, also where a dispatcher of ours already stands in for it."""
     return getattr(fn, "__wrapped__", fn)
-
-
-def enable_on_this_thread(on: bool = True) -> None:
-    """Use the fast versions for model calls made by the current thread."""
-    _local.on = on

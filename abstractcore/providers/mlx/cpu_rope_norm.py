@@ -28,6 +28,7 @@ on a thread that enabled it (the engine's); the classes are swapped onto the mod
 ``nn.RoPE`` and ``nn.RMSNorm`` instances (weights and parameter tree unchanged), and any
 other thread calling the same model gets MLX's code. Like every module that imports MLX at
 its top, this one is imported only after the BLAS preload (cpu_ops.install imports it).
+The thread switch is cpu_switch.py's, shared with cpu_ops.py.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from mlx.nn.layers.normalization import RMSNorm
 from mlx.nn.layers.positional_encoding import RoPE
 
 from .compat import set_layer_class
-from .cpu_ops import _fast_here  # one switch for all of the engine's CPU ops
+from .cpu_switch import enabled_here as _fast_here
 
 __all__ = ["FastRMSNorm", "FastRoPE", "install", "rms_norm", "rope"]
 
