@@ -87,7 +87,7 @@ def _frequencies(dims: int, base: float) -> tuple[Any, Any]:
 
 
 def _tables(dims: int, base: float, scale: float, offset: Any) -> tuple[Any, Any]:
-    """``cos`` and (-sin, sin) of one token's angles along a (2, D/2) axis: shape (1, 2, D/2),
+    """``cos`` and (-sin, sin) of one token's angles along a (2, D/2) axis: shape (2, D/2),
     or (B, 1, 1, 2, D/2) for one offset per row. The fallback's positions are
     ``(arange(1) + offset) * scale``: the offset (exact in float32 below 2**24) times the
     scale."""
@@ -99,7 +99,7 @@ def _tables(dims: int, base: float, scale: float, offset: Any) -> tuple[Any, Any
         if offset.ndim == 1:
             positions = positions.reshape(-1, 1, 1, 1, 1)  # (B, 1, 1, 2, D/2) against x
     cos2, sin2 = _angle_tables_compiled(positions, inv_freqs2, signs)
-    return cos2 if cos2.ndim > 2 else cos2[None], sin2 if sin2.ndim > 2 else sin2[None]
+    return cos2, sin2
 
 
 def _int_offset_tables(dims: int, base: float, scale: float, offset: int) -> tuple[Any, Any]:

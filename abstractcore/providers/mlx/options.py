@@ -75,7 +75,8 @@ class EngineOptions(BaseModel):
     fast_cpu_ops: StrictBool = Field(
         default=True,
         description="on the CPU, run attention (decode and prefill) and SwiGLU through "
-        "faster formulations (cpu_ops.py)",
+        "faster formulations (cpu_ops.py), and a decode step's RoPE and RMSNorm in fewer "
+        "primitives (cpu_rope_norm.py)",
     )
 
     @classmethod
