@@ -33,7 +33,7 @@ import sys
 import threading
 import warnings
 
-from . import blas_gemv
+from . import blas_gemv, blas_small_rows
 
 __all__ = [
     "BLAS_ENV",
@@ -127,16 +127,31 @@ def _prepare_mkl() -> None:
 
 
 def _load(candidate: str) -> ctypes.CDLL | None:
-    if is_mkl(candidate):
+    mkl = is_mkl(candidate)
+    if mkl:
         _prepare_mkl()
+        if _mkl_on_gnu_openmp():
+            # Products of a few rows (blas_small_rows.py): its cblas_sgemm goes first in the
+            # global scope. It shares GNU OpenMP's threads with MKL, so only beside that.
+            blas_small_rows.install()
     else:
         # One-row products forwarded to sgemv (blas_gemv.py): its cblas_sgemm must be in the
         # global scope before OpenBLAS's own.
         blas_gemv.install(candidate)
     try:
-        return ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+        handle = ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
     except OSError:
         return None
+    # Where the small-rows shim sends the calls it does not take; after a failed MKL load it
+    # may sit in front of OpenBLAS, which it only forwards to.
+    after = blas_gemv.sgemm_address() or ctypes.cast(handle.cblas_sgemm, ctypes.c_void_p).value
+    if after is not None:
+        blas_small_rows.connect(after, kernel=mkl and _mkl_on_gnu_openmp())
+    return handle
+
+
+def _mkl_on_gnu_openmp() -> bool:
+    return os.environ.get("MKL_THREADING_LAYER", "").strip().upper() == "GNU"
 
 
 def preload_blas() -> str | None:
@@ -180,8 +195,9 @@ def preload_blas() -> str | None:
 
 def blas_info() -> dict[str, object]:
     """What the preload did: the library, which kind it is (``mkl``, ``openblas``, ``other``),
-    MKL's threading layer, and the one-row products forwarded to sgemv (``gemv_forwarded``:
-    None when the forwarding is not installed)."""
+    MKL's threading layer, the one-row products forwarded to sgemv (``gemv_forwarded``: None
+    when the forwarding is not installed) and the products of blas_small_rows.py's kernel
+    (``small_rows_products``: None when it is not on)."""
     kind = None
     if _loaded is not None:
         kind = "mkl" if is_mkl(_loaded) else "openblas" if "openblas" in _loaded else "other"
@@ -190,4 +206,5 @@ def blas_info() -> dict[str, object]:
         "kind": kind,
         "mkl_threading_layer": os.environ.get("MKL_THREADING_LAYER") if kind == "mkl" else None,
         "gemv_forwarded": blas_gemv.forwarded_products(),
+        "small_rows_products": blas_small_rows.computed_products(),
     }

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .cache_root import cache_root
 
-__all__ = ["GEMV_ENV", "forwarded_products", "install", "set_forwarding"]
+__all__ = ["GEMV_ENV", "forwarded_products", "install", "set_forwarding", "sgemm_address"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +121,10 @@ def forwarded_products() -> int | None:
     if _shim is None:
         return None
     return int(_shim.abstractcore_gemv_forwarding(-1))
+
+
+def sgemm_address() -> int | None:
+    """The address of the shim's ``cblas_sgemm``; None when it is not installed."""
+    if _shim is None:
+        return None
+    return ctypes.cast(_shim.cblas_sgemm, ctypes.c_void_p).value

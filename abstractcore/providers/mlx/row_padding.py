@@ -180,7 +180,7 @@ def _disk_key(
     """Everything a table depends on, as JSON values."""
     import mlx.core as mx
 
-    from . import blas_gemv
+    from . import blas_gemv, blas_small_rows
     from .blas import preload_blas
 
     return {
@@ -190,6 +190,7 @@ def _disk_key(
         "cores": os.cpu_count(),
         "blas": preload_blas() or "mlx's own",
         "gemv_forwarding": blas_gemv.forwarded_products() is not None,  # one-row products
+        "small_rows": blas_small_rows.computed_products() is not None,  # products of <= 40 rows
         "mlx": importlib.metadata.version("mlx"),
         "device": str(mx.default_device()),
         "products": sorted([list(shape), str(dtype), n] for (shape, dtype), n in counted.items()),

@@ -1,0 +1,142 @@
+"""blas_small_rows.py's kernel for products of a few rows. It is installed with the process-wide
+BLAS preload, so every case runs in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from abstractcore.providers.mlx.blas import BLAS_ENV, mkl_library
+from abstractcore.providers.mlx.blas_small_rows import MAX_ROWS, SMALL_ROWS_ENV, cpu_has_avx512
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload is Linux-only"),
+    pytest.mark.skipif(mkl_library() is None, reason="needs the mkl wheel (the `mkl` extra)"),
+    pytest.mark.skipif(not cpu_has_avx512(), reason="the kernel needs AVX-512F/DQ and FMA"),
+]
+
+# Products the kernel takes (nn.Linear's layout, 1..MAX_ROWS rows; k and n with and without
+# the kernel's tails; activations sliced from rows longer than k) and products it leaves to
+# the BLAS, each against numpy in float64, with the kernel's count before and after each.
+_VALUES = r"""
+import json, sys
+import numpy as np
+from abstractcore.providers.mlx import blas
+blas.preload_blas()
+import mlx.core as mx
+rng = np.random.default_rng(0)
+def count():
+    return blas.blas_info()["small_rows_products"]
+out = {"info": blas.blas_info(), "taken": [], "left": []}
+for m in (1, 2, 3, 4, 5, 7, 8, 13, 32, int(sys.argv[1])):
+    for n, k in ((80, 96), (7, 33), (1536, 576), (5, 17), (13, 600)):
+        x, w = rng.standard_normal((m, k)), rng.standard_normal((n, k))
+        before = count()
+        got = np.array(mx.array(x.astype(np.float32)) @ mx.array(w.astype(np.float32)).T)
+        out["taken"].append([m, n, k, float(np.abs(got - x @ w.T).max()), before, count()])
+x, w = rng.standard_normal((4, 96)), rng.standard_normal((80, 96))
+xs, ws = mx.array(x.astype(np.float32)), mx.array(w.astype(np.float32))
+narrow = mx.array(np.ascontiguousarray(w[:, :50]).astype(np.float32))
+before = count()
+got = np.array(xs[:, :50] @ narrow.T)  # rows of 96 values, k = 50
+out["taken"].append([4, 80, 50, float(np.abs(got - x[:, :50] @ w[:, :50].T).max()), before, count()])
+bias = rng.standard_normal(80)
+big = rng.standard_normal((int(sys.argv[1]) + 1, 96))
+left = {
+    "addmm": (lambda: mx.addmm(mx.array(bias.astype(np.float32)), xs, ws.T), x @ w.T + bias),
+    "plain": (lambda: xs @ mx.array(np.ascontiguousarray(w.T).astype(np.float32)), x @ w.T),
+    "too_many_rows": (lambda: mx.array(big.astype(np.float32)) @ ws.T, big @ w.T),
+}
+for name, (run, want) in left.items():
+    before = count()
+    got = np.array(run())
+    out["left"].append([name, float(np.abs(got - want).max()), before, count()])
+print(json.dumps(out))
+"""
+
+# Each row of an m-row product against the same row multiplied alone, bit for bit.
+_BATCH = r"""
+import json
+import numpy as np
+from abstractcore.providers.mlx import blas
+blas.preload_blas()
+import mlx.core as mx
+rng = np.random.default_rng(1)
+w = mx.array(rng.standard_normal((1536, 576)).astype(np.float32))
+x = mx.array(rng.standard_normal((40, 576)).astype(np.float32))
+alone = [np.array(x[i:i + 1] @ w.T)[0] for i in range(40)]
+differing = []
+for m in range(1, 41):
+    batch = np.array(x[:m] @ w.T)
+    differing += [[m, i] for i in range(m) if not np.array_equal(batch[i], alone[i])]
+print(json.dumps({"differing": differing, "info": blas.blas_info()}))
+"""
+
+# Greedy tokens of the embedded model, and what the preload did.
+_TOKENS = r"""
+import json, sys
+from abstractcore.providers.mlx import blas
+blas.preload_blas()
+from mlx_lm import load, stream_generate
+from mlx_lm.sample_utils import make_sampler
+model, tok = load(sys.argv[1])
+prompt = tok.encode("The three primary colours are")
+tokens = [r.token for r in stream_generate(model, tok, prompt, max_tokens=24,
+                                           sampler=make_sampler(0.0))]
+print(json.dumps({"tokens": tokens, "info": blas.blas_info()}))
+"""
+
+
+def _probe(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
+    full = {k: v for k, v in os.environ.items() if k not in (BLAS_ENV, SMALL_ROWS_ENV)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=full | {BLAS_ENV: "mkl"} | env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_kernel_takes_decode_products_with_the_blas_s_values() -> None:
+    got = _probe(_VALUES, {}, str(MAX_ROWS))
+    assert got["info"]["kind"] == "mkl" and got["info"]["small_rows_products"] == 0
+    for m, n, k, error, before, after in got["taken"]:
+        assert error < 1e-3 * k**0.5, (m, n, k)
+        assert after == before + 1, (m, n, k)  # computed by the kernel, once
+    for name, error, before, after in got["left"]:
+        assert error < 1e-3, name
+        assert after == before, name  # left to MKL
+
+
+def test_a_row_s_outputs_are_the_same_bits_in_any_batch() -> None:
+    got = _probe(_BATCH, {})
+    assert got["info"]["small_rows_products"] >= 40 + 40
+    assert got["differing"] == []
+
+
+def test_switched_off_by_the_environment_or_beside_another_threading_layer() -> None:
+    off = _probe(_VALUES, {SMALL_ROWS_ENV: "0"}, str(MAX_ROWS))
+    sequential = _probe(_VALUES, {"MKL_THREADING_LAYER": "SEQUENTIAL"}, str(MAX_ROWS))
+    for got in (off, sequential):
+        assert got["info"]["small_rows_products"] is None
+        for m, n, k, error, _before, _after in got["taken"]:
+            assert error < 1e-3 * k**0.5, (m, n, k)  # MKL's products, still right
+    assert sequential["info"]["mkl_threading_layer"] == "SEQUENTIAL"
+
+
+def test_greedy_tokens_are_the_same_with_and_without_the_kernel(embedded_model_dir: Path) -> None:
+    on = _probe(_TOKENS, {}, str(embedded_model_dir))
+    off = _probe(_TOKENS, {SMALL_ROWS_ENV: "0"}, str(embedded_model_dir))
+    assert on["info"]["small_rows_products"] > 24 * 30  # every decode step's dense products
+    assert off["info"]["small_rows_products"] is None
+    assert on["tokens"] == off["tokens"] and len(on["tokens"]) == 24
