@@ -13,12 +13,14 @@ at 32, 57.4 / 50.9 at 40; 60.9 / 61.6 at 48 and 74.2 / 79.7 at 64, so it stops a
 
 ``native/small_rows_gemm.c`` defines ``cblas_sgemm``: a row-major ``a . b^T`` with at most
 40 rows, ``b`` in ``nn.Linear``'s (out x in) layout, alpha 1 and beta 0 (every product of a
-decode step's dense layers) runs its AVX-512 kernel on the OpenMP threads; every other call
-goes on to the next ``cblas_sgemm`` unchanged (MKL's or OpenBLAS's, or blas_gemv.py's
-forwarding in front of OpenBLAS). Each output is one dot product summed in a fixed order, so
-a row's outputs are the same bits whatever the batch around it (tested). It is compiled once
-per machine with the C compiler and ``-fopenmp`` (kept under ``<cache>/native/``), loaded
-with ``RTLD_GLOBAL`` before the BLAS, so the dynamic linker binds MLX's ``cblas_sgemm`` to it.
+decode step's dense layers, and attention's scores) runs its AVX-512 kernel on the OpenMP
+threads, and so does ``a . b`` with ``b`` in the plain (k x n) layout (attention's weights
+times values: at 32 rows, 96 products of 3 rows per layer, where MKL's per-call cost
+dominates); every other call goes on to the next ``cblas_sgemm`` unchanged (MKL's). Each
+output is summed in a fixed order, so a row's outputs are the same bits whatever the batch
+around it (tested). It is compiled once per machine with the C compiler and ``-fopenmp``
+(kept under ``<cache>/native/``), loaded with ``RTLD_GLOBAL`` before the BLAS, so the
+dynamic linker binds MLX's ``cblas_sgemm`` to it.
 
 Where it runs: Linux, a CPU with AVX-512F/DQ and FMA, and a BLAS whose threads are GNU
 OpenMP's, so the kernel and the BLAS share one pool of threads instead of two pools

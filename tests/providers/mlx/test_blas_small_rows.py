@@ -35,10 +35,14 @@ def count():
     return blas.blas_info()["small_rows_products"]
 out = {"info": blas.blas_info(), "taken": [], "left": []}
 for m in (1, 2, 3, 4, 5, 7, 8, 13, 32, int(sys.argv[1])):
-    for n, k in ((80, 96), (7, 33), (1536, 576), (5, 17), (13, 600)):
+    for n, k in ((80, 96), (7, 33), (1536, 576), (5, 17), (13, 600), (64, 128), (130, 9)):
         x, w = rng.standard_normal((m, k)), rng.standard_normal((n, k))
+        xs = mx.array(x.astype(np.float32))
         before = count()
-        got = np.array(mx.array(x.astype(np.float32)) @ mx.array(w.astype(np.float32)).T)
+        got = np.array(xs @ mx.array(w.astype(np.float32)).T)  # b^T: nn.Linear's layout
+        out["taken"].append([m, n, k, float(np.abs(got - x @ w.T).max()), before, count()])
+        before = count()
+        got = np.array(xs @ mx.array(np.ascontiguousarray(w.T).astype(np.float32)))  # plain b
         out["taken"].append([m, n, k, float(np.abs(got - x @ w.T).max()), before, count()])
 x, w = rng.standard_normal((4, 96)), rng.standard_normal((80, 96))
 xs, ws = mx.array(x.astype(np.float32)), mx.array(w.astype(np.float32))
@@ -50,7 +54,9 @@ bias = rng.standard_normal(80)
 big = rng.standard_normal((int(sys.argv[1]) + 1, 96))
 left = {
     "addmm": (lambda: mx.addmm(mx.array(bias.astype(np.float32)), xs, ws.T), x @ w.T + bias),
-    "plain": (lambda: xs @ mx.array(np.ascontiguousarray(w.T).astype(np.float32)), x @ w.T),
+    # a stored as columns: MLX passes it transposed
+    "transposed_a": (lambda: mx.array(np.ascontiguousarray(x.T).astype(np.float32)).T @ ws.T,
+                     x @ w.T),
     "too_many_rows": (lambda: mx.array(big.astype(np.float32)) @ ws.T, big @ w.T),
 }
 for name, (run, want) in left.items():
@@ -60,7 +66,8 @@ for name, (run, want) in left.items():
 print(json.dumps(out))
 """
 
-# Each row of an m-row product against the same row multiplied alone, bit for bit.
+# Each row of an m-row product against the same row multiplied alone, bit for bit, for both
+# layouts of b.
 _BATCH = r"""
 import json
 import numpy as np
@@ -70,11 +77,13 @@ import mlx.core as mx
 rng = np.random.default_rng(1)
 w = mx.array(rng.standard_normal((1536, 576)).astype(np.float32))
 x = mx.array(rng.standard_normal((40, 576)).astype(np.float32))
-alone = [np.array(x[i:i + 1] @ w.T)[0] for i in range(40)]
+values = mx.array(rng.standard_normal((576, 100)).astype(np.float32))
 differing = []
-for m in range(1, 41):
-    batch = np.array(x[:m] @ w.T)
-    differing += [[m, i] for i in range(m) if not np.array_equal(batch[i], alone[i])]
+for name, b in (("transposed", w.T), ("plain", values)):
+    alone = [np.array(x[i:i + 1] @ b)[0] for i in range(40)]
+    for m in range(1, 41):
+        batch = np.array(x[:m] @ b)
+        differing += [[name, m, i] for i in range(m) if not np.array_equal(batch[i], alone[i])]
 print(json.dumps({"differing": differing, "info": blas.blas_info()}))
 """
 
@@ -120,7 +129,7 @@ def test_the_kernel_takes_decode_products_with_the_blas_s_values() -> None:
 
 def test_a_row_s_outputs_are_the_same_bits_in_any_batch() -> None:
     got = _probe(_BATCH, {})
-    assert got["info"]["small_rows_products"] >= 40 + 40
+    assert got["info"]["small_rows_products"] >= 2 * (40 + 40)
     assert got["differing"] == []
 
 

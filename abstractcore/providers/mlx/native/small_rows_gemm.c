@@ -1,17 +1,18 @@
 /* cblas_sgemm with products of a few rows computed here (blas_small_rows.py explains why).
  *
  * Loaded with RTLD_GLOBAL before the BLAS joins the global scope, this definition of
- * cblas_sgemm is the one MLX's CPU backend binds to. A call of the shape a decode step makes,
- * c = a . b^T with a (m x k, m <= MAX_ROWS) the activations and b (n x k) a weight matrix in
- * nn.Linear's layout, alpha 1 and beta 0, runs the AVX-512 kernel below; every other call
- * goes to the next cblas_sgemm (the BLAS's, or blas_gemv.py's forwarding in front of it).
+ * cblas_sgemm is the one MLX's CPU backend binds to. A row-major product c = a . b^T or
+ * c = a . b with a (m x k, m <= MAX_ROWS) not transposed, alpha 1 and beta 0 runs the AVX-512
+ * kernels below: b^T for nn.Linear's (out x in) weights and attention's keys, b for
+ * attention's values. Every other call goes to the next cblas_sgemm (the BLAS's).
  *
- * The kernel reads each weight once, in its own layout: a block of NB weight rows is
+ * The b^T kernel reads each weight once, in its own layout: a block of NB weight rows is
  * multiplied by every activation row, MB rows at a time, while the next block is prefetched
  * into L2. (MKL and OpenBLAS copy b into a packed buffer first, which at a few rows costs as
  * much as the product.) Each output is one dot product with 16 partial sums over k, added up
- * in one fixed order, so an output's value does not depend on m, on the row's position in
- * the batch, or on how the columns are split between threads. */
+ * in one fixed order; the b kernel sums each output over k in order. So an output's value
+ * does not depend on m, on the row's position in the batch, or on how the columns are split
+ * between threads. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <immintrin.h>
@@ -22,7 +23,7 @@ typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int
                          const float *, int, float, float *, int);
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
-enum { MAX_ROWS = 40, NB = 6, MB = 4 };
+enum { MAX_ROWS = 40, NB = 6, MB = 4, PV = 4 };
 /* Below this many weights (n * k) a product runs on the calling thread: waking the second
  * thread costs more than it saves. */
 enum { THREADED_WEIGHTS = 65536 };
@@ -110,15 +111,71 @@ static AVX512 void columns(int m, int n0, int n1, int k, const float *a, int lda
             c + (size_t)i * ldc + j, ldc, NULL);
 }
 
-static void small_rows(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
-                       float *c, int ldc) {
+/* c[0..rows, 0..16 * vectors) = a[0..rows] . b[0..k, same columns] for b in the plain (k x n)
+ * layout (attention's weights times values): each output a sum over k in order, the last
+ * vector masked to `last`. */
+INLINE AVX512 void plain_block(const int rows, int vectors, int k, const float *a, int lda,
+                               const float *b, int ldb, float *c, int ldc, __mmask16 last) {
+  __m512 acc[MB][PV];
+  for (int i = 0; i < rows; i++)
+    for (int v = 0; v < PV; v++) acc[i][v] = _mm512_setzero_ps();
+  for (int p = 0; p < k; p++) {
+    const float *bp = b + (size_t)p * ldb;
+    __m512 w[PV];
+    for (int v = 0; v < PV; v++) /* past the last vector: a load of nothing */
+      w[v] = _mm512_maskz_loadu_ps(v < vectors - 1 ? 0xFFFF : v == vectors - 1 ? last : 0,
+                                   bp + 16 * v);
+    for (int i = 0; i < rows; i++) {
+      __m512 x = _mm512_set1_ps(a[(size_t)i * lda + p]);
+      for (int v = 0; v < PV; v++)
+        if (v < vectors) acc[i][v] = _mm512_fmadd_ps(x, w[v], acc[i][v]);
+    }
+  }
+  for (int i = 0; i < rows; i++)
+    for (int v = 0; v < PV; v++)
+      if (v < vectors)
+        _mm512_mask_storeu_ps(c + (size_t)i * ldc + 16 * v, v == vectors - 1 ? last : 0xFFFF,
+                              acc[i][v]);
+}
+
+/* Columns [n0, n1) of c = a . b for b in the plain layout, for all m rows. */
+static AVX512 void plain_columns(int m, int n0, int n1, int k, const float *a, int lda,
+                                 const float *b, int ldb, float *c, int ldc) {
+  for (int j = n0; j < n1; j += 16 * PV) {
+    int width = n1 - j < 16 * PV ? n1 - j : 16 * PV;
+    int vectors = (width + 15) / 16;
+    __mmask16 last = (__mmask16)(0xFFFFu >> (16 * vectors - width));
+    const float *bj = b + j;
+    int i = 0;
+    for (; i + MB <= m; i += MB)
+      plain_block(MB, vectors, k, a + (size_t)i * lda, lda, bj, ldb, c + (size_t)i * ldc + j,
+                  ldc, last);
+    const float *ai = a + (size_t)i * lda;
+    float *ci = c + (size_t)i * ldc + j;
+    switch (m - i) {
+    case 3: plain_block(3, vectors, k, ai, lda, bj, ldb, ci, ldc, last); break;
+    case 2: plain_block(2, vectors, k, ai, lda, bj, ldb, ci, ldc, last); break;
+    case 1: plain_block(1, vectors, k, ai, lda, bj, ldb, ci, ldc, last); break;
+    }
+  }
+}
+
+static void small_rows(int plain, int m, int n, int k, const float *a, int lda, const float *b,
+                       int ldb, float *c, int ldc) {
   int threads = (long)n * k < THREADED_WEIGHTS ? 1 : omp_get_max_threads();
+  int unit = plain ? 16 * PV : NB; /* columns per block */
+  if (threads <= 1) { /* no parallel region to enter (attention's small products) */
+    if (plain) plain_columns(m, 0, n, k, a, lda, b, ldb, c, ldc);
+    else columns(m, 0, n, k, a, lda, b, ldb, c, ldc);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    int per = ((n + nt - 1) / nt + NB - 1) / NB * NB; /* whole blocks per thread */
+    int per = ((n + nt - 1) / nt + unit - 1) / unit * unit; /* whole blocks per thread */
     int n0 = t * per, n1 = n0 + per > n ? n : n0 + per;
-    if (n0 < n1) columns(m, n0, n1, k, a, lda, b, ldb, c, ldc);
+    if (n0 < n1 && plain) plain_columns(m, n0, n1, k, a, lda, b, ldb, c, ldc);
+    else if (n0 < n1) columns(m, n0, n1, k, a, lda, b, ldb, c, ldc);
   }
 }
 
@@ -146,10 +203,11 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
                  const float *a, int lda, const float *b, int ldb, float beta, float *c,
                  int ldc) {
   sgemm_fn gemm = __atomic_load_n(&next_sgemm, __ATOMIC_ACQUIRE);
-  if (enabled && gemm && order == ROW_MAJOR && trans_a == NO_TRANS && trans_b == TRANS &&
-      alpha == 1.0f && beta == 0.0f && m >= 1 && m <= MAX_ROWS && n >= 1 && k >= 1 &&
-      lda >= k && ldb >= k && ldc >= n) {
-    small_rows(m, n, k, a, lda, b, ldb, c, ldc);
+  if (enabled && gemm && order == ROW_MAJOR && trans_a == NO_TRANS &&
+      (trans_b == TRANS || trans_b == NO_TRANS) && alpha == 1.0f && beta == 0.0f && m >= 1 &&
+      m <= MAX_ROWS && n >= 1 && k >= 1 && lda >= k && ldb >= (trans_b == TRANS ? k : n) &&
+      ldc >= n) {
+    small_rows(trans_b == NO_TRANS, m, n, k, a, lda, b, ldb, c, ldc);
     __atomic_add_fetch(&computed, 1, __ATOMIC_RELAXED);
     return;
   }
