@@ -11,17 +11,23 @@ setup: system-deps $(STAMP) model
 
 # On Linux, MLX's CPU backend ships a reference BLAS; OpenBLAS makes float32 matmuls ~30x
 # faster (docs/architecture.md, "The machine under it"). Installed only when we are root on a
-# Debian-like system. (On Intel CPUs MKL, from the `mkl` extra, is loaded instead of it.)
+# Debian-like system. (On Intel CPUs MKL, from the `mkl` extra, is loaded instead of it.) On
+# x86_64 its OpenMP build too: the small-rows kernel runs beside that one (docs/concurrency.md,
+# "OpenBLAS on AMD's AVX-512 cores").
+OPENBLAS_PACKAGES := libopenblas0-pthread $(if $(filter x86_64,$(shell uname -m)),libopenblas0-openmp)
+
 system-deps:
 	@if [ "$$(uname -s)" = "Linux" ] && ! { ls /usr/lib/*-linux-gnu/openblas*/libopenblas.so.0 2>/dev/null; \
-	    PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null; } | grep -q 'libopenblas.*\.so\.0'; then \
+	    PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null; } | grep -q 'libopenblas.*\.so\.0' || \
+	    { [ "$$(uname -m)" = "x86_64" ] && command -v apt-get >/dev/null && \
+	      ! ls /usr/lib/*-linux-gnu/openblas-openmp/libopenblas.so.0 >/dev/null 2>&1; }; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
-	    echo "installing libopenblas0-pthread"; \
-	    (apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && apt-get install -y -q libopenblas0-pthread >/dev/null) || \
-	     echo "warning: could not install libopenblas0-pthread; MLX on CPU will be ~30x slower"); \
+	    echo "installing $(OPENBLAS_PACKAGES)"; \
+	    (apt-get install -y -q $(OPENBLAS_PACKAGES) >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $(OPENBLAS_PACKAGES) >/dev/null) || \
+	     echo "warning: could not install $(OPENBLAS_PACKAGES); MLX on CPU may be ~30x slower"); \
 	  else \
-	    echo "warning: OpenBLAS not found; install libopenblas0-pthread for ~30x faster MLX on CPU"; \
+	    echo "note: install $(OPENBLAS_PACKAGES) for ~30x faster MLX on CPU"; \
 	  fi; \
 	fi
 	@# nginx fronts `abstractcore cluster` (docs/scale-out.md); its tests skip without it.

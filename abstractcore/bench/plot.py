@@ -60,7 +60,10 @@ def plot_summaries(summaries: Sequence[LevelSummary], path: Path, title: str) ->
             else:
                 ax.set_ylim(bottom=0)
             ax.grid(True, which="both" if log_y else "major", alpha=0.3)
-            ax.legend()
+            if ax.lines:
+                ax.legend()
+            else:  # e.g. inter-token latency when no system streamed
+                ax.text(0.5, 0.5, "not measured in this run", ha="center", transform=ax.transAxes)
         fig.suptitle(title)
         with path.open("xb") as fh:  # never overwrite an earlier run's plot
             fig.savefig(fh, format="png", dpi=110)

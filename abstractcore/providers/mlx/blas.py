@@ -13,13 +13,22 @@ Which BLAS (``$ABSTRACTCORE_BLAS``: ``mkl``, ``openblas``, a library's path, or 
   Intel one. Its sgemm does not pack the whole weight matrix for a few rows, which OpenBLAS
   0.3.21's does: on this project's Intel machines a SmolLM2 decode step at 8 / 32 rows took
   88 / 171 ms against OpenBLAS's 106 / 184, and the engine decoded 7-27% more tokens per
-  second (docs/concurrency.md, "The BLAS"). It runs on AMD CPUs too,
-  but is not measured there, so the default stays OpenBLAS on them. MKL's threading layer is
+  second (docs/concurrency.md, "The BLAS"). It runs on AMD CPUs too, slower there than
+  OpenBLAS (below), so the default stays OpenBLAS on them. MKL's threading layer is
   GNU OpenMP when ``libgomp`` is present (Intel's otherwise); ``MKL_THREADING_LAYER`` wins.
-- **OpenBLAS** otherwise (the system's ``libopenblas0-pthread``), with blas_gemv.py's
-  ``cblas_sgemm`` in front of it, which runs one-row products as matrix-vector products. MKL
-  goes without it: its own sgemm at one row was as fast (a step's products 6.2 ms, against
-  6.1 for OpenBLAS with the forwarding).
+- **OpenBLAS** otherwise, with blas_gemv.py's ``cblas_sgemm`` in front of it, which runs
+  one-row products as matrix-vector products. MKL goes without it: its own sgemm at one row
+  was as fast (a step's products 6.2 ms, against 6.1 for OpenBLAS with the forwarding). Its
+  OpenMP build (``libopenblas0-openmp``) comes first where blas_small_rows.py's kernel can run
+  beside it (AVX-512), its pthreads build (``libopenblas0-pthread``) first elsewhere. On AMD's
+  AVX-512 cores, which OpenBLAS 0.3.21 does not know, ``OPENBLAS_CORETYPE`` defaults to
+  its AVX-512 kernels (:func:`_prepare_openblas`).
+
+Both kernels beside each BLAS, measured on a Zen 5 host (2 cores), the engine alone at 1 / 8 /
+32 streams: OpenBLAS's pthreads build on its AVX2 kernels 40 / 64 / 118 tok/s, on its AVX-512
+kernels 39 / 78 / 155, its OpenMP build with the small-rows kernel 38 / 133 / 162, MKL with
+the kernel 35 / 129 / 168 (docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores"), where
+MKL's large products ran at half OpenBLAS's AVX-512 rate; so MKL stays Intel's default.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ _SEARCH = (
     "/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0",  # Debian / Ubuntu
     "/usr/lib/*-linux-gnu/openblas-openmp/libopenblas.so.0",
     "/usr/lib64/libopenblasp.so.0",  # Fedora / RHEL (pthreads build)
+    "/usr/lib64/libopenblaso.so.0",  # Fedora / RHEL (OpenMP build)
     "/usr/lib64/libopenblas.so.0",
     "/usr/lib/libopenblas.so.0",  # Arch, Alpine
     "/usr/local/lib/libopenblas.so.0",
@@ -94,8 +104,35 @@ def cpu_vendor() -> str | None:
     return None
 
 
+def cpu_flags() -> frozenset[str]:
+    """The ``flags`` of /proc/cpuinfo's first processor; empty if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+#: What OpenBLAS's SkylakeX kernels need (its own check for that core).
+_SKYLAKEX_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+
+
 def _openblas_candidates() -> list[str]:
-    return [p for pattern in _SEARCH for p in sorted(glob.glob(pattern))] + list(_SONAMES)
+    found = [p for pattern in _SEARCH for p in sorted(glob.glob(pattern))]
+    if blas_small_rows.enabled() and blas_small_rows.cpu_has_avx512():
+        # The small-rows kernel runs beside an OpenMP build only (one pool of threads): that
+        # build first. On a Zen 5 host it decoded 133 against 78 tok/s at 8 streams
+        # (docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores").
+        found.sort(key=lambda path: not _is_openmp_build(path))
+    return found + list(_SONAMES)
+
+
+def _is_openmp_build(path: str) -> bool:
+    """Debian's and Fedora's OpenMP builds of OpenBLAS, by their paths."""
+    return "openblas-openmp" in path or os.path.basename(path).startswith("libopenblaso.")
 
 
 def _candidates() -> list[str]:
@@ -130,11 +167,12 @@ def _load(candidate: str) -> ctypes.CDLL | None:
     mkl = is_mkl(candidate)
     if mkl:
         _prepare_mkl()
-        if _mkl_on_gnu_openmp():
-            # Products of a few rows (blas_small_rows.py): its cblas_sgemm goes first in the
-            # global scope. It shares GNU OpenMP's threads with MKL, so only beside that.
-            blas_small_rows.install()
     else:
+        _prepare_openblas()
+    # Products of a few rows (blas_small_rows.py): its cblas_sgemm goes first in the global
+    # scope; it is turned on below only where the BLAS's threads are GNU OpenMP's.
+    blas_small_rows.install()
+    if not mkl:
         # One-row products forwarded to sgemv (blas_gemv.py): its cblas_sgemm must be in the
         # global scope before OpenBLAS's own.
         blas_gemv.install(candidate)
@@ -142,12 +180,36 @@ def _load(candidate: str) -> ctypes.CDLL | None:
         handle = ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
     except OSError:
         return None
-    # Where the small-rows shim sends the calls it does not take; after a failed MKL load it
-    # may sit in front of OpenBLAS, which it only forwards to.
+    # Where the small-rows shim sends the calls it does not take (the sgemv forwarding, or the
+    # BLAS itself).
     after = blas_gemv.sgemm_address() or ctypes.cast(handle.cblas_sgemm, ctypes.c_void_p).value
     if after is not None:
-        blas_small_rows.connect(after, kernel=mkl and _mkl_on_gnu_openmp())
+        blas_small_rows.connect(after, kernel=_on_gnu_openmp(handle, mkl))
     return handle
+
+
+def _on_gnu_openmp(handle: ctypes.CDLL, mkl: bool) -> bool:
+    """True when the loaded BLAS runs its threads on GNU OpenMP: MKL on its GNU layer, or an
+    OpenMP build of OpenBLAS (``openblas_get_parallel()`` is 2; GNU's is the only OpenMP
+    runtime Debian's and Fedora's builds link)."""
+    if mkl:
+        return _mkl_on_gnu_openmp()
+    try:
+        get_parallel = handle.openblas_get_parallel
+    except AttributeError:
+        return False
+    get_parallel.restype = ctypes.c_int
+    return int(get_parallel()) == 2
+
+
+def _prepare_openblas() -> None:
+    """OpenBLAS 0.3.21 (Debian 12's) does not know AMD's AVX-512 cores (Zen 4 and 5): it runs
+    them on its AVX2 ("Haswell") kernels. Its AVX-512 ones ("SkylakeX") need AVX-512F, CD, BW,
+    DQ and VL, which those cores have; measured on a Zen 5 host, 1024^3 went from 115 to 432
+    GFLOP/s (docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores"). ``OPENBLAS_CORETYPE``
+    set by the user wins; Intel's AVX-512 cores are detected by OpenBLAS itself."""
+    if cpu_vendor() == "AuthenticAMD" and _SKYLAKEX_FLAGS <= cpu_flags():
+        os.environ.setdefault("OPENBLAS_CORETYPE", "SKYLAKEX")
 
 
 def _mkl_on_gnu_openmp() -> bool:
@@ -197,7 +259,8 @@ def blas_info() -> dict[str, object]:
     """What the preload did: the library, which kind it is (``mkl``, ``openblas``, ``other``),
     MKL's threading layer, the one-row products forwarded to sgemv (``gemv_forwarded``: None
     when the forwarding is not installed) and the products of blas_small_rows.py's kernel
-    (``small_rows_products``: None when it is not on)."""
+    (``small_rows_products``: None when it is not on), and OpenBLAS's kernels (``core``, e.g.
+    ``SkylakeX``; None for other BLAS libraries)."""
     kind = None
     if _loaded is not None:
         kind = "mkl" if is_mkl(_loaded) else "openblas" if "openblas" in _loaded else "other"
@@ -207,4 +270,15 @@ def blas_info() -> dict[str, object]:
         "mkl_threading_layer": os.environ.get("MKL_THREADING_LAYER") if kind == "mkl" else None,
         "gemv_forwarded": blas_gemv.forwarded_products(),
         "small_rows_products": blas_small_rows.computed_products(),
+        "core": _openblas_core(),
     }
+
+
+def _openblas_core() -> str | None:
+    """``openblas_get_corename()`` of the loaded library: the kernels it picked for this CPU."""
+    corename = getattr(_handle, "openblas_get_corename", None)
+    if corename is None:
+        return None
+    corename.restype = ctypes.c_char_p
+    name = corename()
+    return name.decode("ascii", "replace") if name else None

@@ -25,8 +25,9 @@ dynamic linker binds MLX's ``cblas_sgemm`` to it.
 Where it runs: Linux, a CPU with AVX-512F/DQ and FMA, and a BLAS whose threads are GNU
 OpenMP's, so the kernel and the BLAS share one pool of threads instead of two pools
 spinning on the same cores: MKL with ``MKL_THREADING_LAYER=GNU`` (blas.py's default where
-``libgomp`` exists, which ``-fopenmp`` needs anyway). OpenBLAS (a pthreads build) and MKL on
-Intel's OpenMP keep their own products. ``ABSTRACTCORE_SMALL_ROWS=0`` turns it off.
+``libgomp`` exists, which ``-fopenmp`` needs anyway) or OpenBLAS's OpenMP build (blas.py's
+first choice of OpenBLAS on such CPUs). OpenBLAS's pthreads build and MKL on Intel's OpenMP
+keep their own products (the shim only forwards). ``ABSTRACTCORE_SMALL_ROWS=0`` turns it off.
 """
 
 from __future__ import annotations

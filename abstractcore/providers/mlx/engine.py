@@ -174,6 +174,7 @@ class MLXEngine:
             stats["mlx_lm"] = setup.compat.stats()
         stats["blas"] = blas_info()
         stats["malloc_trims"] = self._trimmer.trims
+        stats["malloc_trim_s"] = self._trimmer.seconds
         stats["memory"] = {**_mlx_memory(), **self.scheduler.kv_stats()}
         if self.memory is not None:
             stats["memory"].update(self.memory.stats())

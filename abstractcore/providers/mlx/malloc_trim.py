@@ -59,8 +59,9 @@ class Trimmer:
         self._trim = _libc() if interval_s > 0 else None
         self._last = time.perf_counter()
         self._dirty = False  # steps ran since the last trim
-        #: Trims done so far (stats).
+        #: Trims done so far, and the seconds they took (stats).
         self.trims = 0
+        self.seconds = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -79,6 +80,8 @@ class Trimmer:
 
     def _run(self, now: float) -> None:
         assert self._trim is not None
+        start = time.perf_counter()
         self._trim(0)
+        self.seconds += time.perf_counter() - start
         self._last, self._dirty = now, False
         self.trims += 1

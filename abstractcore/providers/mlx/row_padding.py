@@ -181,7 +181,7 @@ def _disk_key(
     import mlx.core as mx
 
     from . import blas_gemv, blas_small_rows
-    from .blas import preload_blas
+    from .blas import blas_info, preload_blas
 
     return {
         "format": _DISK_FORMAT,
@@ -189,6 +189,7 @@ def _disk_key(
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "blas": preload_blas() or "mlx's own",
+        "blas_core": blas_info()["core"],  # OpenBLAS's kernels (OPENBLAS_CORETYPE can pick them)
         "gemv_forwarding": blas_gemv.forwarded_products() is not None,  # one-row products
         "small_rows": blas_small_rows.computed_products() is not None,  # products of <= 40 rows
         "mlx": importlib.metadata.version("mlx"),

@@ -1,8 +1,10 @@
-"""blas_small_rows.py's kernel for products of a few rows. It is installed with the process-wide
-BLAS preload, so every case runs in a subprocess."""
+"""blas_small_rows.py's kernel for products of a few rows, beside each BLAS whose threads are GNU
+OpenMP's: MKL (the `mkl` extra) and OpenBLAS's OpenMP build. It is installed with the
+process-wide BLAS preload, so every case runs in a subprocess."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -17,9 +19,29 @@ from abstractcore.providers.mlx.blas_small_rows import MAX_ROWS, SMALL_ROWS_ENV,
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload is Linux-only"),
-    pytest.mark.skipif(mkl_library() is None, reason="needs the mkl wheel (the `mkl` extra)"),
     pytest.mark.skipif(not cpu_has_avx512(), reason="the kernel needs AVX-512F/DQ and FMA"),
 ]
+
+OPENBLAS_OPENMP = sorted(glob.glob("/usr/lib/*-linux-gnu/openblas-openmp/libopenblas.so.0"))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "mkl",
+            marks=pytest.mark.skipif(mkl_library() is None, reason="needs the `mkl` extra"),
+        ),
+        pytest.param(
+            OPENBLAS_OPENMP[0] if OPENBLAS_OPENMP else "openblas-openmp",
+            marks=pytest.mark.skipif(not OPENBLAS_OPENMP, reason="needs libopenblas0-openmp"),
+            id="openblas-openmp",
+        ),
+    ]
+)
+def blas_choice(request: pytest.FixtureRequest) -> str:
+    """``$ABSTRACTCORE_BLAS`` for the case: a BLAS the kernel runs beside."""
+    return str(request.param)
+
 
 # Products the kernel takes (nn.Linear's layout, 1..MAX_ROWS rows; k and n with and without
 # the kernel's tails; activations sliced from rows longer than k) and products it leaves to
@@ -88,6 +110,16 @@ for name, b in (("transposed", w.T), ("plain", values)):
 print(json.dumps({"differing": differing, "info": blas.blas_info()}))
 """
 
+# One one-row product, then what the preload did and whether the shim is in the process.
+_ONE_ROW = r"""
+import json
+from abstractcore.providers.mlx import blas, blas_small_rows
+blas.preload_blas()
+import mlx.core as mx
+mx.eval(mx.ones((1, 96)) @ mx.ones((80, 96)).T)
+print(json.dumps(blas.blas_info() | {"shim_loaded": blas_small_rows._shim is not None}))
+"""
+
 # Greedy tokens of the embedded model, and what the preload did.
 _TOKENS = r"""
 import json, sys
@@ -107,7 +139,7 @@ def _probe(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
     full = {k: v for k, v in os.environ.items() if k not in (BLAS_ENV, SMALL_ROWS_ENV)}
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
-        env=full | {BLAS_ENV: "mkl"} | env,
+        env=full | env,
         capture_output=True,
         text=True,
         timeout=180,
@@ -117,36 +149,61 @@ def _probe(code: str, env: dict[str, str], *args: str) -> dict[str, Any]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_the_kernel_takes_decode_products_with_the_blas_s_values() -> None:
-    got = _probe(_VALUES, {}, str(MAX_ROWS))
-    assert got["info"]["kind"] == "mkl" and got["info"]["small_rows_products"] == 0
+def test_the_kernel_takes_decode_products_with_the_blas_s_values(blas_choice: str) -> None:
+    got = _probe(_VALUES, {BLAS_ENV: blas_choice}, str(MAX_ROWS))
+    kind = "mkl" if blas_choice == "mkl" else "openblas"
+    assert got["info"]["kind"] == kind and got["info"]["small_rows_products"] == 0
     for m, n, k, error, before, after in got["taken"]:
         assert error < 1e-3 * k**0.5, (m, n, k)
         assert after == before + 1, (m, n, k)  # computed by the kernel, once
     for name, error, before, after in got["left"]:
         assert error < 1e-3, name
-        assert after == before, name  # left to MKL
+        assert after == before, name  # left to the BLAS
 
 
-def test_a_row_s_outputs_are_the_same_bits_in_any_batch() -> None:
-    got = _probe(_BATCH, {})
+def test_a_row_s_outputs_are_the_same_bits_in_any_batch(blas_choice: str) -> None:
+    got = _probe(_BATCH, {BLAS_ENV: blas_choice})
     assert got["info"]["small_rows_products"] >= 2 * (40 + 40)
     assert got["differing"] == []
 
 
-def test_switched_off_by_the_environment_or_beside_another_threading_layer() -> None:
-    off = _probe(_VALUES, {SMALL_ROWS_ENV: "0"}, str(MAX_ROWS))
-    sequential = _probe(_VALUES, {"MKL_THREADING_LAYER": "SEQUENTIAL"}, str(MAX_ROWS))
-    for got in (off, sequential):
-        assert got["info"]["small_rows_products"] is None
-        for m, n, k, error, _before, _after in got["taken"]:
-            assert error < 1e-3 * k**0.5, (m, n, k)  # MKL's products, still right
+def test_switched_off_by_the_environment(blas_choice: str) -> None:
+    off = _probe(_VALUES, {BLAS_ENV: blas_choice, SMALL_ROWS_ENV: "0"}, str(MAX_ROWS))
+    assert off["info"]["small_rows_products"] is None
+    for m, n, k, error, _before, _after in off["taken"]:
+        assert error < 1e-3 * k**0.5, (m, n, k)  # the BLAS's products, still right
+
+
+@pytest.mark.skipif(mkl_library() is None, reason="needs the mkl wheel (the `mkl` extra)")
+def test_off_beside_mkl_on_another_threading_layer() -> None:
+    env = {BLAS_ENV: "mkl", "MKL_THREADING_LAYER": "SEQUENTIAL"}
+    sequential = _probe(_VALUES, env, str(MAX_ROWS))
+    assert sequential["info"]["small_rows_products"] is None
     assert sequential["info"]["mkl_threading_layer"] == "SEQUENTIAL"
+    for m, n, k, error, _before, _after in sequential["taken"]:
+        assert error < 1e-3 * k**0.5, (m, n, k)
 
 
-def test_greedy_tokens_are_the_same_with_and_without_the_kernel(embedded_model_dir: Path) -> None:
-    on = _probe(_TOKENS, {}, str(embedded_model_dir))
-    off = _probe(_TOKENS, {SMALL_ROWS_ENV: "0"}, str(embedded_model_dir))
+@pytest.mark.skipif(
+    not glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"),
+    reason="needs libopenblas0-pthread",
+)
+def test_off_beside_openblas_s_pthreads_build_which_still_forwards_one_row_products() -> None:
+    [pthreads] = glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0")[:1]
+    got = _probe(_VALUES, {BLAS_ENV: pthreads}, str(MAX_ROWS))
+    assert got["info"]["small_rows_products"] is None
+    for m, n, k, error, _before, _after in got["taken"]:
+        assert error < 1e-3 * k**0.5, (m, n, k)
+    one_row = _probe(_ONE_ROW, {BLAS_ENV: pthreads})
+    assert one_row["shim_loaded"] and one_row["small_rows_products"] is None
+    assert one_row["gemv_forwarded"] == 1  # through the shim, on to blas_gemv.py's sgemv
+
+
+def test_greedy_tokens_are_the_same_with_and_without_the_kernel(
+    embedded_model_dir: Path, blas_choice: str
+) -> None:
+    on = _probe(_TOKENS, {BLAS_ENV: blas_choice}, str(embedded_model_dir))
+    off = _probe(_TOKENS, {BLAS_ENV: blas_choice, SMALL_ROWS_ENV: "0"}, str(embedded_model_dir))
     assert on["info"]["small_rows_products"] > 24 * 30  # every decode step's dense products
     assert off["info"]["small_rows_products"] is None
     assert on["tokens"] == off["tokens"] and len(on["tokens"]) == 24

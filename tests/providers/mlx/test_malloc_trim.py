@@ -28,6 +28,7 @@ def test_trims_at_most_once_per_interval_and_once_when_idle() -> None:
     assert calls == [0]  # once for the interval
     trimmer.idle()
     assert calls == [0, 0] and trimmer.trims == 2  # the idle trim returns what the steps freed
+    assert trimmer.seconds > 0
     trimmer.idle()
     assert trimmer.trims == 2  # nothing ran since: no trim
 
@@ -47,7 +48,9 @@ def test_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     reason="malloc_trim is glibc's",
 )
 def test_the_engine_trims_when_it_goes_idle(mlx_llm: Any) -> None:
-    before = mlx_llm.stats()["malloc_trims"]
+    before = mlx_llm.stats()
     mlx_llm.generate("Say hello.", max_output_tokens=4)
     mlx_llm.generate("Say hello again.", max_output_tokens=4)
-    assert mlx_llm.stats()["malloc_trims"] > before  # idle between the two calls
+    after = mlx_llm.stats()
+    assert after["malloc_trims"] > before["malloc_trims"]  # idle between the two calls
+    assert after["malloc_trim_s"] > before["malloc_trim_s"]  # and the time the trims took
