@@ -24,11 +24,12 @@ Which BLAS (``$ABSTRACTCORE_BLAS``: ``mkl``, ``openblas``, a library's path, or 
   AVX-512 cores, which OpenBLAS 0.3.21 does not know, ``OPENBLAS_CORETYPE`` defaults to
   its AVX-512 kernels (:func:`_prepare_openblas`).
 
-Both kernels beside each BLAS, measured on a Zen 5 host (2 cores), the engine alone at 1 / 8 /
-32 streams: OpenBLAS's pthreads build on its AVX2 kernels 40 / 64 / 118 tok/s, on its AVX-512
-kernels 39 / 78 / 155, its OpenMP build with the small-rows kernel 38 / 133 / 162, MKL with
-the kernel 35 / 129 / 168 (docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores"), where
-MKL's large products ran at half OpenBLAS's AVX-512 rate; so MKL stays Intel's default.
+Measured on a Zen 5 host (2 cores), the engine alone at 1 / 8 / 32 streams (medians of 3-5
+alternated runs): OpenBLAS's pthreads build on its AVX2 kernels 38.6 / 72.3 / 120.9 tok/s, on
+its AVX-512 kernels 34.8 / 78.3 / 154.9, its OpenMP build on them with the small-rows kernel
+37.4 / 133.2 / 180.7; MKL with the kernel 34.7-39.8 / 128-129 / 168-173 in two runs
+(docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores"), its large products at half
+OpenBLAS's AVX-512 rate there; so MKL stays Intel's default.
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ def _on_gnu_openmp(handle: ctypes.CDLL, mkl: bool) -> bool:
 def _prepare_openblas() -> None:
     """OpenBLAS 0.3.21 (Debian 12's) does not know AMD's AVX-512 cores (Zen 4 and 5): it runs
     them on its AVX2 ("Haswell") kernels. Its AVX-512 ones ("SkylakeX") need AVX-512F, CD, BW,
-    DQ and VL, which those cores have; measured on a Zen 5 host, 1024^3 went from 115 to 432
-    GFLOP/s (docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores"). ``OPENBLAS_CORETYPE``
+    DQ and VL, which those cores have; measured on a Zen 5 host, 1024^3 went from 226-232 to
+    423-429 GFLOP/s (docs/concurrency.md, "OpenBLAS on AMD's AVX-512 cores"). ``OPENBLAS_CORETYPE``
     set by the user wins; Intel's AVX-512 cores are detected by OpenBLAS itself."""
     if cpu_vendor() == "AuthenticAMD" and _SKYLAKEX_FLAGS <= cpu_flags():
         os.environ.setdefault("OPENBLAS_CORETYPE", "SKYLAKEX")

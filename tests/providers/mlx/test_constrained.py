@@ -324,8 +324,11 @@ def test_a_failing_matcher_fails_its_request_alone(mlx_llm: Any) -> None:
 def test_timeout_of_a_constrained_request_frees_its_slot(
     mlx_llm: Any, assert_engine_empty: Any
 ) -> None:
-    free = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
-    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": free}}
+    # A story the grammar cannot close before ~1,000 tokens: the model's own story may end
+    # within the timeout (11 tokens on one BLAS), which would test nothing.
+    story = {"type": "string", "minLength": 4000}
+    long = {"type": "object", "properties": {"story": story}, "required": ["story"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": long}}
     with pytest.raises(RequestTimeoutError):
         mlx_llm.generate("Tell a long story.", response_format=fmt, max_output_tokens=2000,
                          timeout=0.5)  # fmt: skip
