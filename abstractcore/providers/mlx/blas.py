@@ -44,6 +44,7 @@ import threading
 import warnings
 
 from . import blas_gemv, blas_small_rows
+from .cpuinfo import cpu_flags, cpu_vendor
 
 __all__ = [
     "BLAS_ENV",
@@ -91,30 +92,6 @@ def mkl_library() -> str | None:
         if found:
             return found[-1]
     return None
-
-
-def cpu_vendor() -> str | None:
-    """``vendor_id`` of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``), None if unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def cpu_flags() -> frozenset[str]:
-    """The ``flags`` of /proc/cpuinfo's first processor; empty if unknown."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 #: What OpenBLAS's SkylakeX kernels need (its own check for that core).

@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 
 from .cache_root import cache_root
+from .cpuinfo import cpu_flags
 
 __all__ = [
     "MAX_ROWS", "SMALL_ROWS_ENV", "computed_products", "connect", "install", "set_enabled",
@@ -67,15 +68,7 @@ def enabled() -> bool:
 
 def cpu_has_avx512() -> bool:
     """AVX-512F, AVX-512DQ and FMA in /proc/cpuinfo's flags (the C side checks again)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"avx512f", "avx512dq", "fma"} <= flags
-    except OSError:
-        pass
-    return False
+    return {"avx512f", "avx512dq", "fma"} <= cpu_flags()
 
 
 def _compiler() -> str | None:

@@ -39,6 +39,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cpuinfo import cpuinfo_field
+
 __all__ = [
     "RECALIBRATE_ENV",
     "PaddingSwitch",
@@ -164,14 +166,8 @@ def _kept_or_measured(
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("model name", "Model", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    name = cpuinfo_field("model name", "Model", "cpu model")
+    return name or platform.processor() or "unknown"
 
 
 def _disk_key(

@@ -23,6 +23,7 @@ pytestmark = [
 ]
 
 OPENBLAS_OPENMP = sorted(glob.glob("/usr/lib/*-linux-gnu/openblas-openmp/libopenblas.so.0"))
+OPENBLAS_PTHREADS = sorted(glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"))
 
 
 @pytest.fixture(
@@ -184,12 +185,9 @@ def test_off_beside_mkl_on_another_threading_layer() -> None:
         assert error < 1e-3 * k**0.5, (m, n, k)
 
 
-@pytest.mark.skipif(
-    not glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0"),
-    reason="needs libopenblas0-pthread",
-)
+@pytest.mark.skipif(not OPENBLAS_PTHREADS, reason="needs libopenblas0-pthread")
 def test_off_beside_openblas_s_pthreads_build_which_still_forwards_one_row_products() -> None:
-    [pthreads] = glob.glob("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0")[:1]
+    pthreads = OPENBLAS_PTHREADS[0]
     got = _probe(_VALUES, {BLAS_ENV: pthreads}, str(MAX_ROWS))
     assert got["info"]["small_rows_products"] is None
     for m, n, k, error, _before, _after in got["taken"]:
