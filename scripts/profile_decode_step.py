@@ -18,7 +18,7 @@ tokens per row:
   residual adds), the output projection with the final norm, and sampling (the arg-max, and
   the log-softmax mlx-lm computes per row);
 
-then a prefill pass of ``--prompt`` tokens for one row, whole and its products alone. It also
+then a prefill pass of ``--prompt`` tokens for one row, whole and by kind of op. It also
 measures the machine: the time to stream the model's weights once (a product per weight
 matrix at one row, all evaluated together) gives the bound of one stream. "Isolated" sums
 include each op's own dispatch and memory pass, so they add up to more than the fused step
@@ -177,20 +177,33 @@ def weight_stream_s(model: Any, reps: int) -> tuple[float, float]:
 
 
 def profile_prefill(model: Any, prompt: int, reps: int) -> dict[str, float]:
-    """Seconds for one prefill pass of ``prompt`` tokens (one row), and its products alone."""
+    """Seconds for one prefill pass of ``prompt`` tokens (one row), whole and by kind of op.
+
+    The whole pass evaluates the KV cache only, as mlx-lm's prefill does (the logits of a
+    prompt's last token come from the first decode step), so the output projection is not
+    part of it."""
     from mlx_lm.models.cache import make_prompt_cache
 
     tokens = mx.random.randint(0, 1000, (1, prompt))
 
     def run() -> Any:
-        return model(tokens, cache=make_prompt_cache(model))[:, -1, :]
+        cache = make_prompt_cache(model)
+        model.model(tokens, cache=cache)
+        return [c.state for c in cache]
 
     inner = model.model
     layer = inner.layers[0]
     att, mlp = layer.self_attn, layer.mlp
+    module = sys.modules[type(att).__module__]
+    scaled_dot_product_attention, swiglu = module.scaled_dot_product_attention, module.swiglu
     d = model.args.hidden_size
+    heads, kv_heads = att.n_heads, att.n_kv_heads
+    head_dim = d // heads
     x = mx.random.normal((1, prompt, d))
     g = mx.random.normal((1, prompt, mlp.gate_proj.weight.shape[0]))
+    q = mx.random.normal((1, heads, prompt, head_dim))
+    k = mx.random.normal((1, kv_heads, prompt, head_dim))
+    n = len(inner.layers)
     products = sum(
         _median_s(f, reps)
         for f in (
@@ -198,8 +211,25 @@ def profile_prefill(model: Any, prompt: int, reps: int) -> dict[str, float]:
             lambda: att.o_proj(x), lambda: mlp.gate_proj(x), lambda: mlp.up_proj(x),
             lambda: mlp.down_proj(g),
         )
-    ) * len(inner.layers)  # fmt: skip
-    return {"whole pass": _median_s(run, reps), "products": products}
+    ) * n  # fmt: skip
+    attention = n * _median_s(
+        lambda: scaled_dot_product_attention(q, k, k, cache=None, scale=att.scale, mask="causal"),
+        reps,
+    )
+    elementwise = n * sum(
+        _median_s(f, reps)
+        for f in (
+            lambda: layer.input_layernorm(x), lambda: layer.post_attention_layernorm(x),
+            lambda: att.rope(q), lambda: att.rope(k), lambda: swiglu(g, g),
+            lambda: x + x, lambda: x + x,
+        )
+    )  # fmt: skip
+    return {
+        "whole pass": _median_s(run, reps),
+        "products": products,
+        "attention": attention,
+        "elementwise": elementwise,
+    }
 
 
 def main() -> None:
@@ -240,8 +270,9 @@ def main() -> None:
           + " | ".join(str(r["primitives"]) for r in rows) + " |")  # fmt: skip
     pre = profile_prefill(model, args.prompt, args.reps)
     print(f"\nprefill of {args.prompt} tokens, one row: {pre['whole pass'] * 1e3:.0f} ms "
-          f"({args.prompt / pre['whole pass']:.0f} tok/s); its dense products alone "
-          f"{pre['products'] * 1e3:.0f} ms")  # fmt: skip
+          f"({args.prompt / pre['whole pass']:.0f} tok/s); of it, isolated: "
+          + ", ".join(f"{k} {pre[k] * 1e3:.0f} ms"
+                      for k in ("products", "attention", "elementwise")))  # fmt: skip
 
 
 if __name__ == "__main__":

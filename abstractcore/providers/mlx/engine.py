@@ -96,7 +96,7 @@ class MLXEngine:
         self._calls: list[Call] = []
         self._stop_requested = False
         self._setup: ModelSetup | None = None  # what load set up (its stats outlive close)
-        self._trimmer = Trimmer()  # malloc_trim between steps (malloc_trim.py)
+        self._trimmer = Trimmer()  # malloc_trim between steps, over a budget (malloc_trim.py)
 
     # ------------------------------------------------------------------ caller side
     def start(self) -> None:
@@ -175,6 +175,7 @@ class MLXEngine:
         stats["blas"] = blas_info()
         stats["malloc_trims"] = self._trimmer.trims
         stats["malloc_trim_s"] = self._trimmer.seconds
+        stats["malloc_free_bytes"] = self._trimmer.free_bytes
         stats["memory"] = {**_mlx_memory(), **self.scheduler.kv_stats()}
         if self.memory is not None:
             stats["memory"].update(self.memory.stats())
@@ -247,6 +248,7 @@ class MLXEngine:
     # ------------------------------------------------------------------ engine thread
     def _main(self) -> None:
         try:
+            self._trimmer.start()  # freed blocks kept for reuse, up to a budget (malloc_trim.py)
             self._load()
         except BaseException as exc:  # noqa: BLE001 - handed to start()
             self._load_error = self._dead = exc

@@ -1,56 +1,116 @@
-"""The engine's malloc_trim cadence (a fake trim counts the calls; the real one is glibc's)."""
+"""The engine's malloc_trim policy: at most once per interval, only over the free-memory
+budget (fakes count the calls and set the free bytes; the glibc tests use glibc itself)."""
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import sys
 from typing import Any
 
 import pytest
 
-from abstractcore.providers.mlx.malloc_trim import TRIM_ENV, Trimmer
+from abstractcore.providers.mlx.malloc_trim import (
+    KEEP_ENV,
+    TRIM_ENV,
+    Trimmer,
+    heap_free_bytes,
+    keep_freed_memory,
+)
+
+glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="malloc_trim, mallopt and mallinfo2 are glibc's",
+)
 
 
-def _counting(trimmer: Trimmer) -> list[int]:
+def _faked(trimmer: Trimmer, free: list[int]) -> list[int]:
+    """Calls to the trimmer's trim recorded; its free-bytes reading the last of ``free``."""
     calls: list[int] = []
-    trimmer._trim = lambda pad: calls.append(pad)  # type: ignore[assignment]
+    trimmer._libc = object()  # enabled even off glibc: the fakes below stand in for it
+    trimmer._trim = lambda pad: calls.append(pad)  # type: ignore[method-assign]
+    trimmer._free = lambda: free[-1]  # type: ignore[method-assign]
     return calls
 
 
-def test_trims_at_most_once_per_interval_and_once_when_idle() -> None:
-    trimmer = Trimmer(interval_s=1.0)
-    calls = _counting(trimmer)
+def test_trims_only_over_the_budget_at_most_once_per_interval() -> None:
+    trimmer = Trimmer(interval_s=1.0, keep_bytes=1000)
+    free = [5000]
+    calls = _faked(trimmer, free)
     start = trimmer._last
     trimmer.after_step(start + 0.5)
-    assert calls == []  # inside the interval
+    assert calls == [] and trimmer.free_bytes is None  # inside the interval: not even a check
     trimmer.after_step(start + 1.1)
     trimmer.after_step(start + 1.5)
-    assert calls == [0]  # once for the interval
-    trimmer.idle()
-    assert calls == [0, 0] and trimmer.trims == 2  # the idle trim returns what the steps freed
+    assert calls == [0] and trimmer.free_bytes == 5000  # once for the interval
+    free.append(999)  # under the budget: freed blocks stay for reuse
+    trimmer.after_step(start + 2.2)
+    assert calls == [0] and trimmer.free_bytes == 999
+    free.append(1001)
+    trimmer.after_step(start + 2.5)  # inside the interval again: no check
+    assert calls == [0]
+    trimmer.idle()  # the idle check applies the same budget
+    assert calls == [0, 0] and trimmer.trims == 2
     assert trimmer.seconds > 0
     trimmer.idle()
-    assert trimmer.trims == 2  # nothing ran since: no trim
+    assert trimmer.trims == 2  # nothing ran since: no check
 
 
-def test_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_zero_budget_trims_every_interval() -> None:
+    trimmer = Trimmer(interval_s=1.0, keep_bytes=0)
+    calls = _faked(trimmer, [1])
+    trimmer.after_step(trimmer._last + 1.0)
+    trimmer.after_step(trimmer._last + 1.0)
+    assert calls == [0, 0]
+    assert not trimmer.start()  # and glibc's thresholds are left as they are
+
+
+def test_zero_interval_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TRIM_ENV, "0")
     trimmer = Trimmer()
-    assert not trimmer.enabled
+    assert not trimmer.enabled and not trimmer.start()
     trimmer.after_step(10**6)
     trimmer.idle()
     assert trimmer.trims == 0
 
 
+def test_the_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEEP_ENV, "64")
+    assert Trimmer().keep_bytes == 64 << 20
+    monkeypatch.setenv(KEEP_ENV, "lots")  # not a number: the default, with a warning
+    assert Trimmer().keep_bytes == 2048 << 20
+    monkeypatch.setenv(KEEP_ENV, "-1")
+    assert Trimmer().keep_bytes == 2048 << 20
+
+
+@glibc
+def test_glibc_reports_freed_heap_memory_and_the_trim_returns_it() -> None:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    assert keep_freed_memory(1 << 30)  # blocks up to 32 MiB from the heap, kept when freed
+    before = heap_free_bytes()
+    assert before is not None
+    blocks = [libc.malloc(8 << 20) for _ in range(8)]  # under the 32 MiB mmap threshold
+    for b in blocks:
+        ctypes.memset(b, 1, 8 << 20)  # touched: resident
+    for b in blocks:
+        libc.free(b)
+    freed = heap_free_bytes()
+    assert freed is not None and freed >= before + (48 << 20)  # kept, not unmapped
+    trimmer = Trimmer(interval_s=1.0, keep_bytes=16 << 20)
+    trimmer.idle()  # nothing ran: no check
+    trimmer.after_step(trimmer._last + 1.0)
+    assert trimmer.trims == 1 and trimmer.free_bytes is not None
+    assert trimmer.free_bytes >= 48 << 20  # it saw the freed blocks, over its 16 MiB budget
+
+
 @pytest.mark.mlx
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="malloc_trim is glibc's",
-)
-def test_the_engine_trims_when_it_goes_idle(mlx_llm: Any) -> None:
-    before = mlx_llm.stats()
+@glibc
+def test_the_engine_checks_when_it_goes_idle(mlx_llm: Any) -> None:
     mlx_llm.generate("Say hello.", max_output_tokens=4)
     mlx_llm.generate("Say hello again.", max_output_tokens=4)
-    after = mlx_llm.stats()
-    assert after["malloc_trims"] > before["malloc_trims"]  # idle between the two calls
-    assert after["malloc_trim_s"] > before["malloc_trim_s"]  # and the time the trims took
+    stats = mlx_llm.stats()
+    assert stats["malloc_trim_s"] > 0  # the idle checks between the two calls took time
+    assert isinstance(stats["malloc_free_bytes"], int)  # and read glibc's free bytes
