@@ -23,11 +23,11 @@ recycling), and :class:`Trimmer` runs ``malloc_trim(0)`` between engine steps, a
 per ``ABSTRACTCORE_MALLOC_TRIM_S`` seconds (default 1; ``0`` turns both off) and when the
 engine goes idle, but only when the free memory glibc holds (``mallinfo2``'s ``fordblks``)
 exceeds ``ABSTRACTCORE_MALLOC_KEEP_MB`` (default 2048; ``0``: trim whenever the interval has
-passed, the engine's earlier behaviour). The resident set stays within that budget of what
-MLX holds, as before within a smaller margin. glibc only (elsewhere it does nothing); the
-settings and the trim are process-wide. The policy is written here rather than left to
-glibc's tunables because those are read once at process start (``GLIBC_TUNABLES``), before
-the engine exists.
+passed, the engine's earlier behaviour). The resident set stays within about that budget
+of what MLX holds (the trim every second kept it closer, and paid in page faults). glibc
+only (elsewhere it does nothing); the settings and the trim are process-wide. The policy is
+written here rather than left to glibc's tunables because those are read once at process
+start (``GLIBC_TUNABLES``), before the engine exists.
 """
 
 from __future__ import annotations
