@@ -33,6 +33,7 @@ start (``GLIBC_TUNABLES``), before the engine exists.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -66,6 +67,7 @@ class _Mallinfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
+@functools.cache  # one handle, its signatures set once, for every caller
 def _libc() -> Any:
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
@@ -153,8 +155,9 @@ class Trimmer:
             self._check(time.perf_counter())
 
     def _free(self) -> int:
-        assert self._libc is not None
-        return int(self._libc.mallinfo2().fordblks)
+        free = heap_free_bytes()
+        assert free is not None  # enabled: glibc
+        return free
 
     def _trim(self, pad: int) -> None:
         assert self._libc is not None
